@@ -1,0 +1,1 @@
+"""Networks, one module per family (Birder's module names); task subpackages detection, mim, ssl."""

@@ -1,0 +1,439 @@
+"""The contract every network keeps (Birder's): ``forward_features`` -> ``embedding_from_features`` -> ``classify``.
+
+Networks do not register themselves: the catalogue (plain data) names them, and the registry imports a family
+module only when it builds one of its names.
+"""
+
+import copy
+import logging
+from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Any
+from typing import ClassVar
+from typing import Literal
+from typing import NotRequired
+from typing import Optional
+from typing import TypedDict
+from typing import overload
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from birder_exp.model_registry import Task
+
+logger = logging.getLogger(__name__)
+
+DataShapeType = TypedDict("DataShapeType", {"data_shape": list[int]})
+SignatureType = TypedDict("SignatureType", {"inputs": list[DataShapeType], "outputs": list[DataShapeType]})
+TokenOmissionResultType = TypedDict(
+    "TokenOmissionResultType",
+    {
+        "tokens": NotRequired[torch.Tensor],
+        "embedding": NotRequired[torch.Tensor],
+        "moe_training_output": NotRequired[dict[str, torch.Tensor]],
+    },
+)
+TokenRetentionResultType = TypedDict(
+    "TokenRetentionResultType",
+    {
+        "features": NotRequired[torch.Tensor],
+        "embedding": NotRequired[torch.Tensor],
+        "moe_training_output": NotRequired[dict[str, torch.Tensor]],
+    },
+)
+
+
+def get_signature(input_shape: tuple[int, ...], num_outputs: int) -> SignatureType:
+    return {
+        "inputs": [{"data_shape": [0, *input_shape[1:]]}],
+        "outputs": [{"data_shape": [0, num_outputs]}],
+    }
+
+
+def make_divisible(v: float, divisor: int, min_value: Optional[int] = None, round_limit: float = 0.9) -> int:
+    """Round a channel count to a multiple of ``divisor`` without dropping more than 10%."""
+
+    if min_value is None:
+        min_value = divisor
+
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < round_limit * v:
+        new_v += divisor
+
+    return new_v
+
+
+def stochastic_depth_rates(
+    drop_path_rate: float, num_blocks: int, endpoint: bool = True, constant: bool = False
+) -> list[float]:
+    """Linear drop-path schedule; computed on the CPU so meta-device builds get real numbers."""
+
+    if num_blocks == 0:
+        return []
+    if constant is True:
+        return [drop_path_rate] * num_blocks
+
+    num_steps = num_blocks if endpoint is True else num_blocks + 1
+    rates: list[float] = torch.linspace(0.0, drop_path_rate, steps=num_steps, device="cpu").tolist()
+    if endpoint is False:
+        rates.pop()
+
+    return rates
+
+
+def staged_stochastic_depth_rates(
+    drop_path_rate: float, depths: Sequence[int], endpoint: bool = True, constant: bool = False
+) -> list[list[float]]:
+    rates = stochastic_depth_rates(drop_path_rate, sum(depths), endpoint=endpoint, constant=constant)
+    staged = []
+    offset = 0
+    for depth in depths:
+        staged.append(rates[offset : offset + depth])
+        offset += depth
+
+    return staged
+
+
+@overload
+def normalize_out_indices(out_indices: None, num_layers: int) -> None: ...
+
+
+@overload
+def normalize_out_indices(out_indices: list[int], num_layers: int) -> list[int]: ...
+
+
+def normalize_out_indices(out_indices: Optional[list[int]], num_layers: int) -> Optional[list[int]]:
+    if out_indices is None:
+        return None
+
+    normalized = []
+    for idx in out_indices:
+        if idx < 0:
+            idx = num_layers + idx
+        if idx < 0 or idx >= num_layers:
+            raise ValueError(f"out_indices contains invalid index for num_layers={num_layers}")
+        normalized.append(idx)
+
+    return normalized
+
+
+def recompute_non_persistent_buffers(module: nn.Module, device: Optional[torch.device] = None) -> None:
+    """Call ``compute_buffers(device)`` on every submodule that owns non-persistent buffers.
+
+    A module holding buffers that are not in the state_dict (RoPE tables, relative position indices...)
+    computes them in one method, ``compute_buffers``, called from its ``__init__`` and again here after a
+    meta-device build has been materialised. Children are visited before parents.
+    """
+
+    if device is None:
+        tensor = next(iter(module.parameters()), None)
+        if tensor is None:
+            tensor = next(iter(module.buffers()), None)
+        device = tensor.device if tensor is not None else torch.device("cpu")
+
+    for child in reversed(list(module.modules())):
+        compute = getattr(child, "compute_buffers", None)
+        if callable(compute):
+            compute(device)
+
+
+class BaseNet(nn.Module):
+    default_size: ClassVar[tuple[int, int]] = (224, 224)
+    block_group_regex: ClassVar[Optional[str]]
+    auto_register: ClassVar[bool] = False
+    scriptable: ClassVar[bool] = True
+    square_only: ClassVar[bool] = False
+    task: ClassVar[str] = str(Task.IMAGE_CLASSIFICATION)
+    config: Optional[dict[str, Any]]
+
+    def __init__(
+        self,
+        input_channels: int,
+        num_classes: int,
+        *,
+        config: Optional[dict[str, Any]] = None,
+        size: Optional[tuple[int, int]] = None,
+    ) -> None:
+        super().__init__()
+        self.input_channels = input_channels
+        self.num_classes = num_classes
+        if hasattr(self, "config") is False:
+            self.config = config
+        elif self.config is not None:
+            self.config = copy.deepcopy(self.config)  # Never mutate the registered config
+
+        if config is not None:
+            if self.config is None:
+                self.config = {}
+            self.config.update(config)
+
+        self.size = tuple(size) if size is not None else self.default_size  # type: ignore[assignment]
+        if (
+            len(self.size) != 2
+            or not isinstance(self.size[0], int)
+            or not isinstance(self.size[1], int)
+            or self.size[0] <= 0
+            or self.size[1] <= 0
+        ):
+            raise ValueError(f"{type(self).__name__}: size must be two positive ints (h, w), got {size!r}")
+        if self.square_only is True and self.size[0] != self.size[1]:
+            raise ValueError(f"{type(self).__name__} takes square inputs only, got size {self.size}")
+
+        self.dynamic_size = False
+        self.head_bias = True
+        self.mlp_head = False
+        if self.config is not None:
+            self.head_bias = self.config.get("head_bias", True)
+            self.mlp_head = self.config.get("mlp_head", False)
+
+        self.max_stride: int
+        self.feature_dim: int
+        self.embedding_size: int
+        self.classifier: nn.Module
+
+    def create_classifier(
+        self, embed_dim: Optional[int] = None, head_bias: Optional[bool] = None, mlp_head: Optional[bool] = None
+    ) -> nn.Module:
+        if self.num_classes == 0:
+            return nn.Identity()
+
+        if embed_dim is None:
+            embed_dim = self.embedding_size
+        if head_bias is None:
+            head_bias = self.head_bias
+        if mlp_head is None:
+            mlp_head = self.mlp_head
+
+        if mlp_head is True:
+            hidden_dim = 3 * embed_dim
+            return nn.Sequential(
+                nn.Linear(embed_dim, hidden_dim),
+                nn.GELU(),
+                nn.LayerNorm(hidden_dim, eps=1e-6),
+                nn.Linear(hidden_dim, self.num_classes, bias=head_bias),
+            )
+
+        return nn.Linear(embed_dim, self.num_classes, bias=head_bias)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.classifier = self.create_classifier()
+
+    def set_dynamic_size(self, dynamic_size: bool = True) -> None:
+        logger.debug(f"Setting dynamic size to: {dynamic_size}")
+        self.dynamic_size = dynamic_size
+
+    def recompute_buffers(self, device: Optional[torch.device] = None) -> None:
+        """Recompute every non-persistent buffer, e.g. after building on the meta device and loading weights."""
+
+        recompute_non_persistent_buffers(self, device)
+
+    def strip_for_forward_features(self) -> None:
+        """Remove parameters and buffers that forward_features does not use."""
+
+        if hasattr(self, "features") is True:
+            self.features = nn.Identity()
+
+        self.classifier = nn.Identity()
+
+    def set_grad_checkpointing(
+        self,
+        enable: bool = True,
+        *,
+        segments: Optional[int] = None,
+        preserve_rng_state: bool = True,
+        use_reentrant: bool = False,
+    ) -> None:
+        raise RuntimeError(f"{self.__class__.__name__} does not support gradient checkpointing")
+
+    def adjust_size(self, new_size: tuple[int, int]) -> None:
+        """One-time adjustment for a new resolution; runs after load_state_dict."""
+
+        new_size = (new_size[0], new_size[1])
+        if new_size == self.size:
+            return
+        if self.square_only is True and new_size[0] != new_size[1]:
+            raise ValueError(f"{type(self).__name__} takes square inputs only, got size {new_size}")
+
+        logger.info(f"Adjusting model input resolution from {self.size} to {new_size}")
+        self.size = new_size
+
+    def _get_input_conv(self) -> nn.Conv2d:
+        raise RuntimeError(f"{self.__class__.__name__} does not support input channel adjustment")
+
+    def adjust_input_channels(self, input_channels: int) -> None:
+        if input_channels == self.input_channels:
+            return
+
+        conv = self._get_input_conv()
+        if conv.groups != 1 or conv.in_channels != self.input_channels:
+            raise RuntimeError("Input channel adjustment requires an ungrouped input convolution")
+
+        weight = conv.weight.detach()
+        if weight.dtype in (torch.float16, torch.bfloat16):
+            weight = weight.float()
+
+        if input_channels == 1:
+            weight = weight.sum(dim=1, keepdim=True)
+        else:
+            repeats = (input_channels + self.input_channels - 1) // self.input_channels
+            weight = weight.repeat(1, repeats, 1, 1)[:, :input_channels]
+            weight = weight * (self.input_channels / input_channels)
+
+        logger.info(f"Adjusting model input channels from {self.input_channels} to {input_channels}")
+        conv.weight = nn.Parameter(weight.to(dtype=conv.weight.dtype), requires_grad=conv.weight.requires_grad)
+        conv.in_channels = input_channels
+        self.input_channels = input_channels
+
+    def freeze(self, freeze_classifier: bool = True, unfreeze_features: bool = False) -> None:
+        for param in self.parameters():
+            param.requires_grad_(False)
+
+        if freeze_classifier is False:
+            for param in self.classifier.parameters():
+                param.requires_grad_(True)
+        if unfreeze_features is True and hasattr(self, "features") is True:
+            for param in self.features.parameters():
+                param.requires_grad_(True)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Full feature map, special tokens included."""
+
+        raise NotImplementedError
+
+    def flatten_features(self, features: torch.Tensor, include_special_tokens: bool = True) -> torch.Tensor:
+        if features.ndim == 4:
+            return features.flatten(2).permute(0, 2, 1)
+        if features.ndim == 3:
+            return features
+
+        raise RuntimeError(f"Unsupported feature shape: {features.size()}")
+
+    def embedding_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def embedding(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embedding_from_features(self.forward_features(x))
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(x)  # type: ignore[no-any-return]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_features(x)
+        x = self.embedding_from_features(x)
+        return self.classify(x)
+
+
+class PreTrainEncoder(BaseNet):
+    """An encoder that MIM / SSL methods can pre-train."""
+
+    def __init__(
+        self,
+        input_channels: int,
+        num_classes: int,
+        *,
+        config: Optional[dict[str, Any]] = None,
+        size: Optional[tuple[int, int]] = None,
+    ) -> None:
+        super().__init__(input_channels, num_classes, config=config, size=size)
+        self.stem_stride: int
+        self.stem_width: int
+        self.decoder_block: Callable[[int], nn.Module]
+
+
+class MaskedTokenOmissionMixin:
+    """Masked encoding that keeps a subset of tokens (ViT-like, MAE style)."""
+
+    num_special_tokens: int
+
+    def masked_encoding_omission(
+        self,
+        x: torch.Tensor,
+        ids_keep: Optional[torch.Tensor] = None,
+        return_all_features: bool = False,
+        return_keys: Literal["all", "tokens", "embedding"] = "tokens",
+    ) -> TokenOmissionResultType:
+        raise NotImplementedError
+
+
+class MaskedTokenRetentionMixin:
+    """Masked encoding that replaces masked tokens in place (SimMIM / FCMAE style)."""
+
+    def masked_encoding_retention(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        mask_token: Optional[torch.Tensor] = None,
+        return_keys: Literal["all", "features", "embedding"] = "features",
+    ) -> TokenRetentionResultType:
+        raise NotImplementedError
+
+
+class DetectorBackbone(BaseNet):
+    def __init__(
+        self,
+        input_channels: int,
+        num_classes: int,
+        *,
+        config: Optional[dict[str, Any]] = None,
+        size: Optional[tuple[int, int]] = None,
+    ) -> None:
+        super().__init__(input_channels, num_classes, config=config, size=size)
+        self.return_stages = ["stage1", "stage2", "stage3", "stage4"]
+        self.return_channels: list[int]
+
+    def strip_for_detection_features(self) -> None:
+        """Remove parameters and buffers that detection_features does not use."""
+
+        super().strip_for_forward_features()
+
+    def detection_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def freeze_stages(self, up_to_stage: int) -> None:
+        raise NotImplementedError
+
+
+def pos_embedding_sin_cos_2d(
+    h: int,
+    w: int,
+    dim: int,
+    num_special_tokens: int,
+    temperature: int = 10000,
+    include_frequency_endpoint: bool = True,
+    device: Optional[torch.device] = None,
+) -> torch.Tensor:
+    y, x = torch.meshgrid(torch.arange(h, device=device), torch.arange(w, device=device), indexing="ij")
+    pos_dim = dim // 4
+    denominator = pos_dim - 1 if include_frequency_endpoint is True else pos_dim
+    omega = torch.arange(pos_dim, device=device) / denominator
+    omega = 1.0 / (temperature**omega)
+
+    y = y.flatten()[:, None] * omega[None, :]
+    x = x.flatten()[:, None] * omega[None, :]
+    pe = torch.concat((x.sin(), x.cos(), y.sin(), y.cos()), dim=1)
+    if num_special_tokens > 0:
+        pe = torch.concat([torch.zeros([num_special_tokens, dim], device=device), pe], dim=0)
+
+    return pe
+
+
+def interpolate_attention_bias(
+    attention_bias: torch.Tensor,
+    old_resolution: tuple[int, int],
+    new_resolution: tuple[int, int],
+    mode: Literal["bilinear", "bicubic"] = "bicubic",
+) -> torch.Tensor:
+    H, _ = attention_bias.size()
+    orig_dtype = attention_bias.dtype
+    attention_bias = attention_bias.float()  # Interpolate needs float32
+    attention_bias = attention_bias.reshape(1, H, old_resolution[0], old_resolution[1])
+    attention_bias = F.interpolate(attention_bias, size=new_resolution, mode=mode, antialias=True)
+    attention_bias = attention_bias.reshape(H, new_resolution[0] * new_resolution[1])
+
+    return attention_bias.to(orig_dtype)
+
+
+def reparameterize_available(net: nn.Module) -> bool:
+    return hasattr(net, "reparameterize_model")

@@ -1,0 +1,1 @@
+"""Object detection networks (num_classes + 1 outputs, background at index 0)."""

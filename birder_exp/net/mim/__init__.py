@@ -1,0 +1,1 @@
+"""Masked image modeling networks, built around a PreTrainEncoder."""

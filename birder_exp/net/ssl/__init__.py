@@ -1,0 +1,1 @@
+"""Self-supervised learning networks, built around a backbone."""
