@@ -17,7 +17,14 @@ _LAZY = {
     "download_weights": "birder_exp.weights",
 }
 
-__all__ = ["__version__", "list_pretrained_models", *_LAZY]
+__all__ = [
+    "__version__",
+    "download_weights",
+    "list_pretrained_models",
+    "load_model",
+    "load_pretrained_model",
+    "save_checkpoint",
+]
 
 
 def __getattr__(name: str) -> Any:

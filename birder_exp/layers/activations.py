@@ -1,3 +1,4 @@
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -15,7 +16,7 @@ class QuickGELU(nn.Module):
         return quick_gelu(x)
 
 
-_ACTIVATIONS: dict[str, type[nn.Module] | partial[nn.Module]] = {
+_ACTIVATIONS: dict[str, Callable[..., nn.Module]] = {
     "identity": nn.Identity,
     "relu": nn.ReLU,
     "relu6": nn.ReLU6,

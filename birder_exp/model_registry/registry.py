@@ -209,7 +209,9 @@ class ModelRegistry:
     def _add_spec(self, spec: ModelSpec) -> None:
         self._assert_name_not_alias(spec.name)
         if spec.name in self.specs:
-            warnings.warn(f"Network '{spec.name}' is already registered and will be overwritten", UserWarning)
+            warnings.warn(
+                f"Network '{spec.name}' is already registered and will be overwritten", UserWarning, stacklevel=3
+            )
 
         self._specs[spec.name] = spec
 
@@ -284,7 +286,7 @@ class ModelRegistry:
 
         self._ensure_pretrained()
         if name in self._pretrained:
-            warnings.warn(f"Weights '{name}' are already registered and will be overwritten", UserWarning)
+            warnings.warn(f"Weights '{name}' are already registered and will be overwritten", UserWarning, stacklevel=3)
 
         self._pretrained[name] = entry
 

@@ -127,7 +127,7 @@ def recompute_non_persistent_buffers(module: nn.Module, device: Optional[torch.d
     """
 
     if device is None:
-        tensor = next(iter(module.parameters()), None)
+        tensor: Optional[torch.Tensor] = next(iter(module.parameters()), None)
         if tensor is None:
             tensor = next(iter(module.buffers()), None)
         device = tensor.device if tensor is not None else torch.device("cpu")

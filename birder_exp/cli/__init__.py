@@ -1,0 +1,1 @@
+"""The ``birder-exp`` console command."""

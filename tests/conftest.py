@@ -1,0 +1,23 @@
+"""Fixtures shared by the whole suite."""
+
+import copy
+from collections.abc import Iterator
+
+import pytest
+
+from birder_exp.model_registry import registry
+
+
+@pytest.fixture
+def clean_registry() -> Iterator[None]:
+    """Restore the global registry (architectures, aliases, entries) after a test that registers things."""
+
+    specs = dict(registry.specs)
+    aliases = dict(registry.name_aliases)
+    entries = copy.deepcopy(registry.pretrained)
+    try:
+        yield
+    finally:
+        registry._specs = specs
+        registry.name_aliases = aliases
+        registry._pretrained = entries
