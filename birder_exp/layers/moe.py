@@ -1,7 +1,5 @@
 """Mixture-of-experts FFNs shared by the ViT-like families."""
 
-# ruff: noqa: PLR0917  (Birder's positional constructor signature is kept)
-
 from collections.abc import Callable
 
 import torch
