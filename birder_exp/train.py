@@ -1,0 +1,68 @@
+"""``python -m birder_exp.train``: train any registered architecture (Hydra composes, Lightning trains).
+
+    python -m birder_exp.train model=<architecture> [pretrained=<entry>] [data=imagefolder data.root=...] [k=v ...]
+
+``main()`` is also the entry for user scripts: register architectures or entries, then call it. Before Hydra
+composes, plugins (``birder_exp.plugins`` entry points) are loaded and the ``model`` / ``pretrained`` groups are
+generated from the registry. Torch is imported only when a job runs, so ``--cfg``, ``--help`` and completion
+stay fast.
+"""
+
+import sys
+import time
+from collections.abc import Sequence
+from typing import NoReturn
+from typing import Optional
+
+import hydra
+from omegaconf import DictConfig
+
+from birder_exp.configs import ConfigError
+from birder_exp.configs import load_plugins
+from birder_exp.configs import register_configs
+from birder_exp.configs.overrides import check_overrides
+from birder_exp.model_registry import RegistryError
+
+CONFIG_PATH = "pkg://birder_exp.conf"
+CONFIG_NAME = "train"
+PREFIX = "birder_exp.train"
+_START = time.perf_counter()
+
+
+def _fail(exc: BaseException) -> NoReturn:
+    message = str(exc.args[0]) if isinstance(exc, KeyError) and len(exc.args) == 1 else str(exc)
+    print(f"{PREFIX}: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def task(cfg: DictConfig) -> Optional[float]:
+    """One Hydra job: run the config, print its summary line, return the objective (for sweepers)."""
+
+    from birder_exp.training.run import run
+
+    try:
+        result = run(cfg, start=_START)
+    except (ConfigError, RegistryError) as exc:
+        _fail(exc)
+
+    print(result.summary, flush=True)
+    return result.objective
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    """Run the CLI on ``argv`` (default: ``sys.argv[1:]``)."""
+
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    try:
+        load_plugins()
+        register_configs()
+        check_overrides(sys.argv[1:])
+    except (ConfigError, RegistryError) as exc:
+        _fail(exc)
+
+    hydra.main(config_path=CONFIG_PATH, config_name=CONFIG_NAME, version_base="1.3")(task)()
+
+
+if __name__ == "__main__":
+    main()

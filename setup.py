@@ -1,0 +1,7 @@
+"""Package list only (everything else is in pyproject.toml): birder_exp* plus the Hydra configs of the
+top-level conf/ folder, installed as birder_exp.conf (package-dir in pyproject.toml)."""
+
+from setuptools import find_packages
+from setuptools import setup
+
+setup(packages=[*find_packages(include=["birder_exp*"]), "birder_exp.conf"])
