@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,train]"
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -30,6 +30,10 @@ test: lint typecheck pytest
 
 bench: $(STAMP)
 	@for f in benchmarks/*.py; do $(PY) $$f || exit 1; done
+
+# The README's main command: write the digits image folder (no network) and train the default config on it.
+train: $(STAMP)
+	$(PY) -m birder_exp.train
 
 models: $(STAMP)
 	$(VENV)/bin/birder-exp models
