@@ -6,8 +6,10 @@ retried with exponential back-off, resuming with a Range request when the server
 client errors fail at once. Nothing here decides where a file lives: see ``download`` and ``cache``.
 """
 
+import errno
 import hashlib
 import http.client
+import io
 import logging
 import os
 import shutil
@@ -16,7 +18,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO
 from typing import Any
 from typing import Optional
 from urllib.error import HTTPError
@@ -132,10 +133,23 @@ class Progress:
 class _Stream:
     """The running state of one file's transfer, kept across attempts so a retry can resume."""
 
-    def __init__(self, out: IO[bytes]) -> None:
+    def __init__(self, out: io.FileIO) -> None:
         self.out = out
         self.hasher = hashlib.sha256()
         self.received = 0
+
+    def write(self, chunk: bytes) -> None:
+        """Unbuffered writes: a full disk fails here, never later in a flush on close."""
+
+        view = memoryview(chunk)
+        try:
+            while len(view) > 0:
+                written = self.out.write(view)
+                if written is None or written <= 0:
+                    raise OSError(errno.EIO, "short write")
+                view = view[written:]
+        except OSError as exc:
+            raise _WriteFailedError(exc) from None
 
     def restart(self) -> None:
         self.out.seek(0)
@@ -207,26 +221,20 @@ def _attempt(url: str, stream: _Stream, expected: Expected, timeout: float, bar:
             )
 
         bar.restart(stream.received, total)
-        buffer = bytearray(CHUNK_SIZE)
-        view = memoryview(buffer)
+        read = response.read1 if hasattr(response, "read1") else response.read  # Whatever has arrived, not 1 MiB
         while True:
             try:
-                n = response.readinto(buffer)
+                chunk = read(CHUNK_SIZE)
             except (TimeoutError, ConnectionError, http.client.HTTPException) as exc:
                 what = "timed out" if _is_timeout(exc) else f"connection lost ({type(exc).__name__})"
                 raise _TransientError(f"{what} after {stream.received} bytes") from None
-            if not n:
+            if not chunk:
                 break
 
-            chunk = view[:n]
-            try:
-                stream.out.write(chunk)
-            except OSError as exc:
-                raise _WriteFailedError(exc) from None
-
+            stream.write(chunk)
             stream.hasher.update(chunk)
-            stream.received += n
-            bar.advance(n)
+            stream.received += len(chunk)
+            bar.advance(len(chunk))
             if stream.received > expected.max_bytes:
                 raise VerificationError(
                     f"{expected.label}: {url} sent more than the entry's {expected.size_mib:g} MiB "
@@ -244,7 +252,7 @@ def stream_to_file(
 
     partial = new_partial(target)
     try:
-        with open(partial, "r+b") as out, Progress(target.name, progress_bar) as bar:
+        with open(partial, "r+b", buffering=0) as out, Progress(target.name, progress_bar) as bar:
             stream = _Stream(out)
             attempt = 0
             while True:
@@ -263,7 +271,6 @@ def stream_to_file(
                     time.sleep(delay)
 
             try:
-                out.flush()
                 os.fsync(out.fileno())
             except OSError as exc:
                 raise _WriteFailedError(exc) from None

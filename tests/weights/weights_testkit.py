@@ -13,6 +13,10 @@ The server serves bytes the tests put on it. A fault set for a path applies to t
 
 import hashlib
 import http.server
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -246,3 +250,47 @@ def leftovers(folder: Path) -> list[str]:
         return []
 
     return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock"))
+
+
+CHILD = Path(__file__).resolve().parent / "weights_child.py"
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+def spawn_child(
+    mode: str,
+    name: str,
+    *,
+    go: Optional[Path] = None,
+    max_file_bytes: Optional[int] = None,
+    env: Optional[dict[str, str]] = None,
+) -> "subprocess.Popen[str]":
+    """Start weights_child.py for a registered entry (its metadata travels as JSON); wait for its 'ready'."""
+
+    info = dict(registry.get_pretrained_metadata(name))
+    command = [sys.executable, str(CHILD), mode, name, json.dumps(info)]
+    if go is not None:
+        command += ["--go", str(go)]
+    if max_file_bytes is not None:
+        command += ["--max-file-bytes", str(max_file_bytes)]
+
+    child_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    child = subprocess.Popen(command, env=child_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    line = child.stdout.readline().strip()
+    if line != "ready":
+        child.kill()
+        _, err = child.communicate()
+        raise AssertionError(f"child did not start: {line!r} {err}")
+
+    return child
+
+
+def finish(child: "subprocess.Popen[str]", timeout: float = 120) -> tuple[int, str, str]:
+    try:
+        out, err = child.communicate(timeout=timeout)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+
+    return (child.returncode, out, err)
