@@ -59,6 +59,13 @@ class WeightsServer(http.server.ThreadingHTTPServer):
     def fault(self, path: str, kind: str, times: int = 1000) -> None:
         self.faults[path] = [kind] * times
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients that hang up early (a refused size, a timeout, a kill) are expected here, not errors."""
+
+        error = sys.exc_info()[1]
+        if not isinstance(error, (BrokenPipeError, ConnectionResetError, TimeoutError)):
+            super().handle_error(request, client_address)
+
     def next_fault(self, path: str) -> Optional[str]:
         with self._lock:
             queue = self.faults.get(path)
