@@ -141,7 +141,9 @@ def _read_safetensors(path: Path, device: torch.device) -> tuple[dict[str, torch
     from safetensors import SafetensorError
     from safetensors import safe_open
 
-    target = "cpu" if device.type == "cpu" else str(device)
+    target = "cpu"  # Other devices: read on the CPU, moved tensor by tensor by the loader
+    if device.type == "cuda":
+        target = f"cuda:{device.index if device.index is not None else torch.cuda.current_device()}"
     try:
         with safe_open(str(path), framework="pt", device=target) as handle:
             header: dict[str, str] = handle.metadata() or {}

@@ -350,7 +350,7 @@ def _hf_download_once(
 
     tqdm_class: Any = None
     if progress_bar is False:
-        from tqdm.auto import tqdm
+        from huggingface_hub.utils import tqdm
 
         class _Silent(tqdm):  # type: ignore[misc, valid-type]
             def __init__(self, *args: Any, **kwargs: Any) -> None:
