@@ -183,7 +183,10 @@ class FileLock:
         return True
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise DownloadError(f"{self.label}: cannot create the lock file {self.path} ({exc.strerror})") from None
         deadline = time.monotonic() + self.timeout
         delay = 0.02
         try:

@@ -78,7 +78,8 @@ def resolve_source(weights: str, file_format: str, s: Optional[WeightsSettings] 
 
 def target_path(weights: str, file_format: str, dst: Optional[str | Path], s: WeightsSettings) -> Path:
     if dst is not None:
-        return Path(dst).expanduser().absolute()
+        path = Path(dst).expanduser().absolute()
+        return path / entry_file_name(weights, file_format) if path.is_dir() else path
 
     return s.cache_dir / entry_file_name(weights, file_format)
 
@@ -158,7 +159,8 @@ def download_weights(
 ) -> Path:
     """The local path of ``weights`` in ``file_format``, fetched and verified once, then reused.
 
-    ``dst`` is the file path to use instead of the cache (Birder's meaning). A file that matches its verified
+    ``dst`` is the file path to use instead of the cache (Birder's meaning; an existing directory gets
+    ``<entry>.<format>`` inside it). A file that matches its verified
     marker is returned without hashing or touching the network. Otherwise one process per machine (the one
     holding the file's lock; in a distributed run local rank 0) fetches it while the others wait.
     """

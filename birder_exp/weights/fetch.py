@@ -3,7 +3,8 @@
 Every byte is hashed as it arrives and counted against the entry's size, so a wrong or runaway stream is
 stopped early and a finished one needs no second read. Timeouts, dropped connections and 5xx answers are
 retried with exponential back-off, resuming with a Range request when the server allows it; 404 and other
-client errors fail at once. Nothing here decides where a file lives: see ``download`` and ``cache``.
+client errors fail at once. Hub downloads keep huggingface_hub's own cache, retries and progress bar (tqdm);
+their bytes are hashed once they are there. Nothing here decides where a file lives: see ``download``.
 """
 
 import errno
@@ -279,7 +280,10 @@ def stream_to_file(
         if digest != expected.sha256 or expected.size_fits(stream.received) is False:
             raise VerificationError(expected.mismatch_message(url, digest, stream.received))
 
-        os.replace(partial, target)
+        try:
+            os.replace(partial, target)
+        except OSError as exc:
+            raise DownloadError(f"{expected.label}: cannot move the download to {target} ({exc.strerror})") from None
         logger.info(f"{expected.label}: saved {target}")
     except _WriteFailedError as exc:
         raise DownloadError(f"{expected.label}: cannot write into {target.parent} ({exc.error.strerror})") from None

@@ -85,6 +85,9 @@ def test_dst_overrides_the_cache(tmp_path: Path, weights_env: Path, server: Weig
     assert leftovers(weights_env) == []
     assert net.stem.weight.shape == (8, 3, 3, 3)
 
+    into_folder = download_weights("tiny_dst", dst=tmp_path / "chosen", progress_bar=False)
+    assert into_folder == tmp_path / "chosen" / "tiny_dst.pt" and into_folder.read_bytes() == entry.data
+
     other = tmp_path / "chosen" / "mine.pt"
     other.write_bytes(b"a file of the user's own")
     with pytest.raises(VerificationError, match=r"exists with sha256 [0-9a-f]{64}, expected .*; move it away"):
