@@ -8,6 +8,8 @@ generated from the registry. Torch is imported only when a job runs, so ``--cfg`
 stay fast.
 """
 
+import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -21,6 +23,7 @@ from birder_exp.configs import ConfigError
 from birder_exp.configs import load_plugins
 from birder_exp.configs import register_configs
 from birder_exp.configs.overrides import check_overrides
+from birder_exp.configs.store import new_run_id
 from birder_exp.model_registry import RegistryError
 
 CONFIG_PATH = "pkg://birder_exp.conf"
@@ -35,9 +38,10 @@ def _fail(exc: BaseException) -> NoReturn:
     raise SystemExit(2)
 
 
-def task(cfg: DictConfig) -> Optional[float]:
-    """One Hydra job: run the config, print its summary line, return the objective (for sweepers)."""
+def train_job(cfg: DictConfig) -> Optional[float]:
+    """One training run: run the config, record and print its summary line, return the objective (for sweepers)."""
 
+    from birder_exp.runs.launch import record_result
     from birder_exp.training.run import run
 
     try:
@@ -45,8 +49,26 @@ def task(cfg: DictConfig) -> Optional[float]:
     except (ConfigError, RegistryError) as exc:
         _fail(exc)
 
+    record_result(result)
     print(result.summary, flush=True)
     return result.objective
+
+
+def task(cfg: DictConfig) -> Optional[float]:
+    """One Hydra job: ``train_job`` as birder_exp.runs.launch runs it (a failing sweep job does not stop the sweep;
+    a sweep job that needs several processes gets its own launch)."""
+
+    from birder_exp.runs.launch import guarded_job
+
+    return guarded_job(cfg, train_job)
+
+
+def _normalise_completion_line() -> None:
+    """Hydra's completion query strips `python script.py` or `app`; teach it `python -m birder_exp.train`."""
+
+    line = os.environ.get("COMP_LINE")
+    if line is not None:
+        os.environ["COMP_LINE"] = re.sub(r"^\s*\S*python[0-9.]*\s+-m\s+birder_exp\.train\b", "birder-exp-train", line)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
@@ -54,9 +76,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
+    _normalise_completion_line()
     try:
         load_plugins()
         register_configs()
+        new_run_id()
         check_overrides(sys.argv[1:])
     except (ConfigError, RegistryError) as exc:
         _fail(exc)

@@ -25,7 +25,14 @@ from birder_exp.model_registry import registry
 PROVIDER = "birder_exp"
 SCHEMA_NAME = "train_schema"
 GENERATED_GROUPS = ("model", "pretrained")
-RUN_ID = secrets.token_hex(3)  # One per process: the run directory's unique suffix
+_run_id = [secrets.token_hex(3)]  # The run directory's unique suffix: one per CLI invocation
+
+
+def new_run_id() -> str:
+    """A fresh suffix for the next run (each ``main()`` call gets its own, even within one second)."""
+
+    _run_id[0] = secrets.token_hex(3)
+    return _run_id[0]
 
 
 class PlainNode(ConfigNode):
@@ -175,5 +182,5 @@ def _register(name: str, fn: Callable[..., Any]) -> None:
 
 
 def register_resolvers() -> None:
-    _register("birder_exp.run_id", lambda: RUN_ID)
+    _register("birder_exp.run_id", lambda: _run_id[0])
     _register("birder_exp.help_groups", help_groups)
