@@ -14,6 +14,7 @@ from birder_exp.version import __version__
 COMMAND_MODULES = [
     "birder_exp.cli.registry_cmds",
     "birder_exp.cli.weights_cmds",
+    "birder_exp.cli.rerun_cmds",
 ]
 
 
