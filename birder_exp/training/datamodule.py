@@ -21,6 +21,7 @@ from birder_exp.data import Sample
 from birder_exp.data import plan_image_folder
 from birder_exp.data import verify_images
 from birder_exp.data import write_digits
+from birder_exp.runs.resume import TrainOrder
 from birder_exp.training.transforms import DEFAULT_RGB_STATS
 from birder_exp.training.transforms import eval_transform
 from birder_exp.training.transforms import train_transform
@@ -66,6 +67,7 @@ class ImageFolderDataModule(pl.LightningDataModule):
         self.rgb_stats_from_user = stats is not None
         self.plan: Optional[FolderPlan] = None
         self.datasets: dict[str, PlannedImageFolder] = {}
+        self.train_order = TrainOrder()  # Seeded, checkpointed order: a run resumed mid-epoch continues exactly
 
     @property
     def root(self) -> str:
@@ -135,6 +137,15 @@ class ImageFolderDataModule(pl.LightningDataModule):
         if train is False:
             batch_size = int(self.data.get("eval_batch_size") or batch_size)
         workers = int(self.data.get("num_workers", 0))
+        if train is True:
+            return self.train_order.loader(
+                dataset,
+                batch_size=batch_size,
+                drop_last=len(dataset) > batch_size,
+                num_workers=workers,
+                persistent_workers=workers > 0,
+                pin_memory=bool(self.data.get("pin_memory", False)),
+            )
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -144,6 +155,12 @@ class ImageFolderDataModule(pl.LightningDataModule):
             persistent_workers=workers > 0,
             pin_memory=bool(self.data.get("pin_memory", False)),
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.train_order.state_dict(self.trainer)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.train_order.load_state_dict(state_dict)
 
     def train_dataloader(self) -> DataLoader[Any]:
         return self._loader("train", train=True)

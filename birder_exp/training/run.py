@@ -136,9 +136,11 @@ def _instantiate_all(nodes: Optional[Mapping[str, Any]]) -> list[Any]:
 
 
 def build_callbacks(cfg: DictConfig, size: tuple[int, int]) -> list["pl.Callback"]:
+    from birder_exp.runs.callbacks import run_callbacks
     from birder_exp.training.callbacks import PretrainedWeights
 
     callbacks: list[pl.Callback] = _instantiate_all(cfg.callbacks)
+    callbacks.extend(run_callbacks())  # Final-weight digests in the run record, generator state in checkpoints
     if cfg.pretrained is not None:
         entry_size = tuple(cfg.pretrained.resolution)
         callbacks.append(
