@@ -28,8 +28,10 @@ class PretrainedWeights(pl.Callback):
         file_format: str = "pt",
         size: Optional[tuple[int, int]] = None,
         custom_config: Optional[Mapping[str, Any]] = None,
+        resume_from: Optional[str] = None,
     ) -> None:
         self.entry = entry
+        self.resume_from = resume_from  # Lightning sets trainer.ckpt_path only after setup: the run passes it
         self.file_format = file_format
         self.size = size
         self.custom_config = dict(custom_config) if custom_config is not None else None
@@ -55,8 +57,9 @@ class PretrainedWeights(pl.Callback):
         if self.loaded is True:
             return
         self.loaded = True
-        if trainer.ckpt_path is not None:
-            logger.info(f"Resuming from {trainer.ckpt_path}: pretrained weights of '{self.entry}' not loaded")
+        resume_from = self.resume_from or trainer.ckpt_path
+        if resume_from is not None:
+            logger.info(f"Resuming from {resume_from}: pretrained weights of '{self.entry}' not loaded")
             return
 
         if trainer.local_rank == 0:
@@ -83,4 +86,5 @@ class PretrainedWeights(pl.Callback):
         if rgb_stats is not None and datamodule is not None and hasattr(datamodule, "use_rgb_stats"):
             datamodule.use_rgb_stats(rgb_stats)
 
-        logger.info(f"Loaded pretrained weights '{self.entry}'")
+        stats = getattr(datamodule, "rgb_stats", None)
+        logger.info(f"Loaded pretrained weights '{self.entry}'; input normalisation {stats}")

@@ -149,6 +149,7 @@ def build_callbacks(cfg: DictConfig, size: tuple[int, int]) -> list["pl.Callback
                 file_format=cfg.pretrained.file_format,
                 size=size if size != entry_size else None,
                 custom_config=_container(cfg.model.config),
+                resume_from=cfg.ckpt_path,
             )
         )
     ema = cfg.module.ema
