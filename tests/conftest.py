@@ -1,11 +1,16 @@
 """Fixtures shared by the whole suite."""
 
 import copy
+import os
 from collections.abc import Iterator
 
 import pytest
 
 from birder_exp.model_registry import registry
+
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # One torch thread per xdist worker: two workers with two threads each on two cores spin against each other
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture
