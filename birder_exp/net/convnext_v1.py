@@ -123,7 +123,7 @@ class ConvNeXtNet(DetectorBackbone, PreTrainEncoder, MaskedTokenRetentionMixin):
                 ]
 
         self.body = nn.Sequential(stages)
-        self.features = nn.Sequential(
+        self.features = nn.Sequential(  # type: ignore[assignment]
             nn.AdaptiveAvgPool2d(output_size=(1, 1)),
             LayerNorm2d(in_channels[-1], eps=1e-6),
             nn.Flatten(1),
@@ -175,7 +175,7 @@ class ConvNeXtNet(DetectorBackbone, PreTrainEncoder, MaskedTokenRetentionMixin):
         self.grad_checkpointing_preserve_rng_state = preserve_rng_state
         self.grad_checkpointing_use_reentrant = use_reentrant
         if enable is True:
-            self._grad_checkpointing_blocks = tuple(block for stage in self.body for block in stage)
+            self._grad_checkpointing_blocks = tuple(block for stage in self.body for block in stage.children())
         else:
             self._grad_checkpointing_blocks = ()
 

@@ -60,12 +60,37 @@ class ConvBNReLU(Conv2dNormActivation):
         stride: tuple[int, int],
         padding: tuple[int, int],
     ) -> None:
-        super().__init__(
-            in_channels, out_channels, kernel_size=kernel_size, stride=stride, padding=padding, bias=False
-        )
+        super().__init__(in_channels, out_channels, kernel_size=kernel_size, stride=stride, padding=padding, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            for layer in self:
+                x = layer(x)
+            return x
+
+        return self._forward_folded(x)
+
+    @torch.jit.unused
+    def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu_(conv_bn(x, self[0], self[1]))
+
+
+def _shortcut(in_channels: int, out_channels: int, stride: tuple[int, int], avg_down: bool) -> nn.Module:
+    if in_channels == out_channels and stride == (1, 1):
+        return nn.Identity()
+
+    if avg_down is True and stride != (1, 1):
+        # ResNet-D shortcut: average-pool, then an unstrided 1x1 projection
+        return nn.Sequential(
+            nn.AvgPool2d(kernel_size=2, stride=stride, ceil_mode=True, count_include_pad=False),
+            nn.Conv2d(in_channels, out_channels, kernel_size=(1, 1), stride=(1, 1), padding=(0, 0), bias=False),
+            nn.BatchNorm2d(out_channels),
+        )
+
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=(1, 1), stride=stride, padding=(0, 0), bias=False),
+        nn.BatchNorm2d(out_channels),
+    )
 
 
 class ResidualBlock(nn.Module):
@@ -94,43 +119,34 @@ class ResidualBlock(nn.Module):
                 nn.BatchNorm2d(out_channels),
             )
 
-        self.block2: nn.Module
-        if in_channels == out_channels and stride == (1, 1):
-            self.block2 = nn.Identity()
-        elif avg_down is True and stride != (1, 1):
-            # ResNet-D shortcut: average-pool, then an unstrided 1x1 projection
-            self.block2 = nn.Sequential(
-                nn.AvgPool2d(kernel_size=2, stride=stride, ceil_mode=True, count_include_pad=False),
-                nn.Conv2d(in_channels, out_channels, kernel_size=(1, 1), stride=(1, 1), padding=(0, 0), bias=False),
-                nn.BatchNorm2d(out_channels),
-            )
-        else:
-            self.block2 = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, kernel_size=(1, 1), stride=stride, padding=(0, 0), bias=False),
-                nn.BatchNorm2d(out_channels),
-            )
-
+        self.block2 = _shortcut(in_channels, out_channels, stride, avg_down)
         self.relu = nn.ReLU(inplace=True)
-        self.se: nn.Module = SqueezeExcitation(out_channels, out_channels // 16) if squeeze_excitation else nn.Identity()
-
-    def _shortcut(self, x: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.block2, nn.Identity):
-            return x
-
-        assert isinstance(self.block2, nn.Sequential)
-        if len(self.block2) == 3:
-            x = self.block2[0](x)
-
-        return conv_bn(x, self.block2[-2], self.block2[-1])
+        se = SqueezeExcitation(out_channels, out_channels // 16) if squeeze_excitation is True else nn.Identity()
+        self.se = se
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_scripting():
+            out = self.block1(x)
+            out = self.se(out)
+            out += self.block2(x)
+            return self.relu(out)
+
+        return self._forward_folded(x)
+
+    @torch.jit.unused
+    def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:
         out = x
         for layer in self.block1[:-2]:
             out = layer(out)
 
         out = conv_bn(out, self.block1[-2], self.block1[-1])
         out = self.se(out)
-        out += self._shortcut(x)
+        if isinstance(self.block2, nn.Sequential):
+            shortcut = self.block2[0](x) if len(self.block2) == 3 else x
+            out += conv_bn(shortcut, self.block2[-2], self.block2[-1])
+        else:
+            out += x
+
         return self.relu(out)
 
 
@@ -196,7 +212,7 @@ class ResNet_v1(DetectorBackbone, PreTrainEncoder, MaskedTokenRetentionMixin):
             stages[f"stage{i + 1}"] = nn.Sequential(*blocks)
 
         self.body = nn.Sequential(stages)
-        self.features = nn.Sequential(
+        self.features = nn.Sequential(  # type: ignore[assignment]
             nn.AdaptiveAvgPool2d(output_size=(1, 1)) if pooling_param is None else FixedGeMPool2d(pooling_param),
             nn.Flatten(1),
         )
@@ -210,7 +226,8 @@ class ResNet_v1(DetectorBackbone, PreTrainEncoder, MaskedTokenRetentionMixin):
         self.feature_dim = filter_list[-1]
 
     def _get_input_conv(self) -> nn.Conv2d:
-        conv: nn.Conv2d = self.stem[0][0]
+        conv = self.stem[0][0]  # type: ignore[index]
+        assert isinstance(conv, nn.Conv2d)
         return conv
 
     def _prepare_input(self, x: torch.Tensor) -> torch.Tensor:
