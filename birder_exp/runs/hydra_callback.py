@@ -173,6 +173,9 @@ class RunRecords(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         fresh_directory_suffix(config, "hydra.sweep.dir")
+        # Sweepers resolve hydra.sweep.dir before any job sets HydraConfig, and paths.log_dir refers to
+        # ${hydra:runtime.cwd}: make the sweep's config current (each job replaces it with its own, then restores it)
+        HydraConfig.instance().set_config(config)
 
     def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
         state = JobState.capture(ignore=set(config.hydra.job.env_set.keys()))

@@ -5,6 +5,7 @@ same whichever launcher ran the jobs (in this process, in subprocesses, on SLURM
 
 import json
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from dataclasses import dataclass
@@ -139,7 +140,10 @@ def print_summary(sweep_dir: str | Path, rows: Sequence[JobRow], console: Any = 
         style = None if row.status == STATUS_COMPLETED else "red"
         table.add_row(str(row.num), row.choice, status, metric, _display_path(row.run_dir), style=style)
 
-    (console if console is not None else Console(soft_wrap=False)).print(table)
+    if console is None:
+        # A log file or a pipe is not a terminal: rich would wrap at 80 columns, keep rows on one line instead
+        console = Console(width=None if sys.stdout.isatty() else 240)
+    console.print(table)
 
 
 def summarize_sweep(sweep_dir: str | Path, console: Any = None) -> list[JobRow]:
