@@ -8,6 +8,7 @@ The options are untyped; they take their types from ``TrainConfig`` (``train_sch
 """
 
 import copy
+import os
 import secrets
 from collections.abc import Callable
 from importlib import resources
@@ -25,14 +26,22 @@ from birder_exp.model_registry import registry
 PROVIDER = "birder_exp"
 SCHEMA_NAME = "train_schema"
 GENERATED_GROUPS = ("model", "pretrained")
-_run_id = [secrets.token_hex(3)]  # The run directory's unique suffix: one per CLI invocation
+# Per CLI invocation: the run directory's unique suffix, and the working directory it started in
+_invocation: dict[str, Optional[str]] = {"run_id": secrets.token_hex(3), "cwd": None}
 
 
 def new_run_id() -> str:
-    """A fresh suffix for the next run (each ``main()`` call gets its own, even within one second)."""
+    """Start an invocation: a fresh run-directory suffix (each ``main()`` call gets its own, even within one
+    second) and the working directory that ``paths.root_dir`` means (``${birder_exp.cwd:}``)."""
 
-    _run_id[0] = secrets.token_hex(3)
-    return _run_id[0]
+    _invocation["run_id"] = secrets.token_hex(3)
+    _invocation["cwd"] = os.getcwd()
+    return str(_invocation["run_id"])
+
+
+def _cwd() -> str:
+    # Hydra's ${hydra:runtime.cwd} cannot be used here: the sweep directory resolves before HydraConfig is set
+    return _invocation["cwd"] or os.getcwd()
 
 
 class PlainNode(ConfigNode):
@@ -182,5 +191,6 @@ def _register(name: str, fn: Callable[..., Any]) -> None:
 
 
 def register_resolvers() -> None:
-    _register("birder_exp.run_id", lambda: _run_id[0])
+    _register("birder_exp.run_id", lambda: _invocation["run_id"])
+    _register("birder_exp.cwd", _cwd)
     _register("birder_exp.help_groups", help_groups)

@@ -225,7 +225,7 @@ def _quiet_lightning() -> None:
 
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     if logging.getLogger().hasHandlers():
-        for name in ("lightning.pytorch", "lightning.fabric"):
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
             lightning_logger = logging.getLogger(name)
             for handler in list(lightning_logger.handlers):
                 if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
