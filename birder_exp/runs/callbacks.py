@@ -3,7 +3,8 @@
 ``FinalWeightsDigest`` writes a sha256 of the weights at the end of fitting (before testing loads the best
 checkpoint) into the run record, from every rank: rank 0 into ``run.json``, the others into
 ``.birder_exp/rank<N>.json``. Reruns and resumptions are checked against it; in a distributed run every rank's
-digest must agree. ``ResumeRandomState`` is in ``birder_exp.runs.resume``.
+digest must agree. It also records torch's thread count, which a rerun reuses. ``ResumeRandomState`` is in
+``birder_exp.runs.resume``.
 """
 
 import hashlib
@@ -48,6 +49,12 @@ def _run_dir(trainer: pl.Trainer) -> Optional[str]:
 
 
 class FinalWeightsDigest(pl.Callback):
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        run_dir = _run_dir(trainer)
+        if run_dir is not None and trainer.global_rank == 0:
+            # CPU results depend on how reductions split over threads: a rerun uses the same number
+            record.update_record(run_dir, torch_threads=torch.get_num_threads())
+
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         run_dir = _run_dir(trainer)
         if run_dir is None:

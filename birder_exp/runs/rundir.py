@@ -130,6 +130,13 @@ class RunDir:
         return [str(v) for v in entry] if entry else ["-m", "birder_exp.train"]
 
     @property
+    def recorded_output_dir(self) -> str:
+        """Where the run wrote (its recorded paths name it even if the directory was moved since)."""
+
+        hydra = (self.record or {}).get("hydra") or {}
+        return str(hydra.get("output_dir") or self.hydra.runtime.output_dir)
+
+    @property
     def cwd(self) -> str:
         command = (self.record or {}).get("command") or {}
         return str(command.get("cwd") or self.hydra.runtime.cwd)
@@ -280,11 +287,18 @@ def resolved_task_config(cfg: DictConfig, output_dir: str, cwd: str) -> dict[str
     with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
         cfg.hydra.runtime.output_dir = output_dir
         cfg.hydra.runtime.cwd = cwd
+    from birder_exp.configs.store import new_run_id
+
     saved = HydraConfig.instance().cfg
+    here = os.getcwd()
     try:
         HydraConfig.instance().set_config(cfg)
+        os.chdir(cwd)
+        new_run_id()  # ${birder_exp.cwd:} (paths.root_dir) is the directory an invocation starts in: the run's
         return OmegaConf.to_container(without_hydra(cfg), resolve=True)  # type: ignore[return-value]
     finally:
+        os.chdir(here)
+        new_run_id()
         HydraConfig.instance().cfg = saved
 
 
@@ -320,7 +334,7 @@ def plan_rerun(run: RunDir, extra: Sequence[str], executable: str, run_dir: Opti
     try:
         (composed, plan.overrides) = compose_run(run, overrides, removable=pins)
         if recorded is not None:
-            rebuilt = resolved_task_config(composed, str(run.path), cwd)
+            rebuilt = resolved_task_config(composed, run.recorded_output_dir, cwd)
             plan.differences = diff_configs(recorded, rebuilt)
         else:
             rebuilt = OmegaConf.to_container(without_hydra(composed), resolve=False)  # type: ignore[assignment]
@@ -331,7 +345,7 @@ def plan_rerun(run: RunDir, extra: Sequence[str], executable: str, run_dir: Opti
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         plan.note = f"the config could not be recomposed here to check it ({first})"
 
-    threads = (((run.record or {}).get("start_state") or {}).get("torch") or {}).get("num_threads")
+    threads = (run.record or {}).get("torch_threads")
     if threads is not None:
         plan.env["OMP_NUM_THREADS"] = str(threads)  # CPU results depend on how reductions are split over threads
 
