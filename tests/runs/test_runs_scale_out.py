@@ -1,7 +1,7 @@
-"""Scale-out on CPU: DDP with two gloo processes, two "nodes" started by hand with a cluster's variables, pretrained
-weights fetched once per node, and the distributed configs (ddp, fsdp, SLURM launcher examples)."""
+"""Scale-out on CPU: two "nodes" started by hand with a cluster's variables (pretrained weights fetched once per
+node), and the distributed configs (ddp, fsdp, SLURM launcher examples). DDP launched by Lightning on one machine
+(two gloo processes, the weights fetched once) runs in test_runs_sweeps, where each sweep job is such a run."""
 
-import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -12,12 +12,9 @@ from runs_kit import URL_VARIABLE
 from runs_kit import WEIGHTS_VARIABLE
 from runs_kit import CountingServer
 from runs_kit import cli_env
-from runs_kit import explain
 from runs_kit import free_port
 from runs_kit import record
-from runs_kit import run_dirs
 from runs_kit import tiny_args
-from runs_kit import train
 from runs_kit import write_entry
 
 from birder_exp.runs.record import read_rank_records
@@ -46,27 +43,6 @@ def _ddp_args(images: Path, *extra: str) -> list[str]:
     ]
     args.remove("trainer=cpu")
     return args
-
-
-@pytest.mark.slow
-def test_ddp_on_cpu_trains_one_model_on_two_processes_and_downloads_once(
-    tmp_path: Path, runs_plugin: Path, runs_images: Path, weights_server: tuple[Path, CountingServer]
-) -> None:
-    (folder, server) = weights_server
-    done = train(
-        _ddp_args(runs_images, "trainer.devices=2"),
-        tmp_path,
-        runs_plugin,
-        **{WEIGHTS_VARIABLE: str(folder), URL_VARIABLE: server.url, "BIRDER_EXP_CACHE": str(tmp_path / "cache")},
-    )
-    assert done.returncode == 0, explain(done)
-    [run] = run_dirs(tmp_path)
-    ranks = read_rank_records(run)
-    assert sorted(ranks) == [0, 1] and ranks[1]["world_size"] == 2
-    assert ranks[0]["final_weights_sha256"] == ranks[1]["final_weights_sha256"]
-    assert server.counts == {f"/{ENTRY}.pt": 1}  # Local rank 0 fetched it, rank 1 waited and read the cache
-    pretrained = record(run)["pretrained"]
-    assert pretrained["sha256"] == hashlib.sha256((folder / f"{ENTRY}.pt").read_bytes()).hexdigest()
 
 
 @pytest.mark.slow

@@ -1,12 +1,14 @@
 """Multirun through the real CLI: glob sweeps of architectures and weight entries, a failing job, job isolation,
-rerunning one job of a sweep, and sweeps whose jobs need a process group of their own."""
+rerunning one job of a sweep, and a DDP sweep (each job its own launch, pretrained weights fetched once)."""
 
 import hashlib
 import json
 from pathlib import Path
 
 import pytest
+from runs_kit import URL_VARIABLE
 from runs_kit import WEIGHTS_VARIABLE
+from runs_kit import CountingServer
 from runs_kit import birder_exp_cli
 from runs_kit import explain
 from runs_kit import final_digest
@@ -52,6 +54,17 @@ def test_a_glob_sweep_runs_every_architecture_and_a_failing_job_stops_nothing(
     assert all(f"model=runs_tiny_{n}" in table for n in ("a", "b", "broken"))
     assert [num for num, _ in job_dirs(sweep)] == [0, 1, 2]
     assert "birder_exp.train: model 'runs_tiny_broken' cannot be built" in done.stderr
+
+    # Rerunning the whole sweep: every job, each into the same job number of one new sweep directory
+    again = birder_exp_cli(["rerun", str(sweep), "--print"], tmp_path, runs_plugin)
+    assert again.returncode == 0, explain(again)
+    commands = [line for line in again.stdout.splitlines() if line.startswith("cd ")]
+    assert len(commands) == 3
+    targets = [line.rsplit("hydra.run.dir=", 1)[1].strip("'") for line in commands]
+    assert [Path(t).name for t in targets] == ["0", "1", "2"]
+    assert len({Path(t).parent for t in targets}) == 1
+    assert Path(targets[0]).parent.name.endswith("_rerun") and Path(targets[0]).parent != sweep
+    assert all(f" model=runs_tiny_{n} " in line for n, line in zip(("a", "b", "broken"), commands))
 
 
 def test_sweep_jobs_start_clean_and_one_job_reruns_identically(
@@ -121,9 +134,15 @@ def test_a_sweep_over_weight_entries_records_each_file_sha256(
 def test_a_ddp_sweep_gives_each_job_its_own_launch_and_no_second_sweep(
     tmp_path: Path, runs_plugin: Path, runs_images: Path
 ) -> None:
+    """Each job is a plain DDP run on CPU (Lightning starts rank 1, gloo) from a pretrained entry served over HTTP:
+    local rank 0 of the first job fetches it, every other process reads the verified cache."""
+
+    weights = tmp_path / "published"
+    entry = write_entry(weights, "runs_tiny_a-dino1", seed=1)
+    server = CountingServer(weights)
     args = [
         "-m",
-        "model=runs_tiny_a",
+        "pretrained=runs_tiny_a-dino1",
         "trainer=ddp",
         "trainer.accelerator=cpu",
         "trainer.devices=2",
@@ -131,7 +150,11 @@ def test_a_ddp_sweep_gives_each_job_its_own_launch_and_no_second_sweep(
         *tiny_args(runs_images, "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", "run_test=false"),
     ]
     args.remove("trainer=cpu")
-    done = train(args, tmp_path, runs_plugin)
+    env = {WEIGHTS_VARIABLE: str(weights), URL_VARIABLE: server.url, "BIRDER_EXP_CACHE": str(tmp_path / "cache")}
+    try:
+        done = train(args, tmp_path, runs_plugin, **env)
+    finally:
+        server.close()
     assert done.returncode == 0, explain(done)
     [sweep] = sweep_dirs(tmp_path)  # Exactly one sweep: the DDP ranks did not start another
     assert list((tmp_path / "outputs").iterdir()) == [tmp_path / "outputs" / "multirun"]
@@ -146,8 +169,10 @@ def test_a_ddp_sweep_gives_each_job_its_own_launch_and_no_second_sweep(
         assert f"hydra.run.dir='{path}'" in job["launched"]["argv"]
         assert "-m" not in job["launched"]["argv"][1:] and "--multirun" not in job["launched"]["argv"]
         ranks = read_rank_records(path)  # ... with two ranks that trained the same model
-        assert sorted(ranks) == [0, 1]
+        assert sorted(ranks) == [0, 1] and ranks[1]["world_size"] == 2
         assert ranks[0]["final_weights_sha256"] == ranks[1]["final_weights_sha256"]
         digests.add(ranks[0]["final_weights_sha256"])
+        assert job["pretrained"]["sha256"] == hashlib.sha256(entry.read_bytes()).hexdigest()
     assert len(digests) == 2  # Two learning rates, two models
+    assert server.counts == {"/runs_tiny_a-dino1.pt": 1}  # Four processes, one download
     assert "2/2 jobs completed" in done.stdout
