@@ -58,10 +58,15 @@ def test_hydra_composes_one_option_per_family(composer: None, name: str) -> None
     assert OmegaConf.get_type(cfg.model) is ModelConfig
 
 
-@pytest.mark.parametrize("name", OPTIONS)
-def test_option_is_typed_and_builds_on_meta(name: str) -> None:
+@pytest.fixture(scope="module")
+def store() -> ConfigStore:
     register_configs()
-    node = ConfigStore.instance().load(f"model/{name}.yaml").node
+    return ConfigStore.instance()
+
+
+@pytest.mark.parametrize("name", OPTIONS)
+def test_option_is_typed_and_builds_on_meta(store: ConfigStore, name: str) -> None:
+    node = store.load(f"model/{name}.yaml").node
     model = OmegaConf.merge(OmegaConf.structured(ModelConfig), node, _companion(str(registry.get_spec(name).task)))
     assert model.name == name
     plain = OmegaConf.to_container(model)
