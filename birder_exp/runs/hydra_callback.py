@@ -172,6 +172,9 @@ class RunRecords(Callback):
         fresh_directory_suffix(config, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from birder_exp.runs.launch import check_sweep_launcher
+
+        check_sweep_launcher(config)
         fresh_directory_suffix(config, "hydra.sweep.dir")
         # Sweepers resolve hydra.sweep.dir before any job sets HydraConfig, and paths.log_dir refers to
         # ${hydra:runtime.cwd}: make the sweep's config current (each job replaces it with its own, then restores it)

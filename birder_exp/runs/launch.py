@@ -124,6 +124,26 @@ def _refuse(launcher: str) -> None:
     raise SystemExit(2)
 
 
+def check_sweep_launcher(config: DictConfig) -> None:
+    """Refuse a sweep before its first job when its trainer (as composed without the swept values) needs a process
+    group that the chosen launcher cannot start per job; swept trainers are checked per job."""
+
+    from omegaconf import OmegaConf
+
+    launcher = str(OmegaConf.select(config, "hydra.launcher._target_") or "")
+    if launcher == BASIC_LAUNCHER or launcher.endswith(CLUSTER_LAUNCHERS):
+        return
+    trainer: dict[str, Any] = {}
+    for key in ("num_nodes", "strategy", "accelerator", "devices"):
+        try:
+            value = OmegaConf.select(config, f"trainer.{key}")
+            trainer[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+        except Exception:
+            return  # Left to the jobs, which report what does not resolve
+    if needs_process_group({k: v for k, v in trainer.items() if v is not None}):
+        _refuse(launcher)
+
+
 def guarded_job(cfg: DictConfig, train: Callable[[DictConfig], Optional[float]]) -> Optional[float]:
     """Run ``train(cfg)`` as this Hydra job should run (see the module docstring)."""
 

@@ -279,3 +279,31 @@ def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_weights(
     assert record(continued)["config"]["ckpt_path"] == str(killed / "checkpoints" / "steps" / "last.ckpt")
     assert record(continued)["final_step"] == record(uninterrupted)["final_step"] == 18
     assert final_digest(continued) == final_digest(uninterrupted) is not None
+
+
+def test_a_sweep_is_refused_before_its_first_job(capsys: pytest.CaptureFixture[str], hydra_state: None) -> None:
+    from hydra import compose
+    from hydra import initialize_config_module
+    from omegaconf import open_dict
+    from omegaconf import read_write
+
+    from birder_exp.configs import register_configs
+    from birder_exp.runs.launch import BASIC_LAUNCHER
+    from birder_exp.runs.launch import check_sweep_launcher
+
+    local = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher"
+    register_configs()
+    with initialize_config_module(config_module="birder_exp.conf", version_base="1.3"):
+        ddp = compose("train", overrides=["trainer=ddp", "trainer.devices=2"], return_hydra_config=True)
+        single = compose("train", overrides=["trainer=cpu"], return_hydra_config=True)
+    for cfg in (ddp, single):
+        with read_write(cfg.hydra), open_dict(cfg.hydra):
+            cfg.hydra.launcher = {"_target_": local}
+    check_sweep_launcher(single)  # One process per job: any launcher will do
+    with pytest.raises(SystemExit) as exit_info:
+        check_sweep_launcher(ddp)
+    assert exit_info.value.code == 2
+    assert "cannot run under LocalLauncher" in capsys.readouterr().err
+    with read_write(ddp.hydra), open_dict(ddp.hydra):
+        ddp.hydra.launcher = {"_target_": BASIC_LAUNCHER}
+    check_sweep_launcher(ddp)  # birder_exp launches each job itself
