@@ -357,7 +357,7 @@ class Encoder(nn.Module):
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = self.pre_block(x)
         attn_mask, is_causal = self._prepare_attention_mask(x, attn_mask)
-        if self.grad_checkpointing is True and torch.is_grad_enabled() is True:
+        if self.grad_checkpointing is True and torch.is_grad_enabled() is True and not torch.jit.is_scripting():
             return self._checkpoint_blocks(x, attn_mask=attn_mask, is_causal=is_causal)
 
         if attn_mask is None and is_causal is False:
@@ -720,7 +720,7 @@ class ViT(DetectorBackbone, PreTrainEncoder, MaskedTokenOmissionMixin, MaskedTok
 
         special_tokens = self._special_tokens(x.size(0))
         if len(special_tokens) > 0:
-            x = torch.concat([*special_tokens, x], dim=1)
+            x = torch.concat(special_tokens + [x], dim=1)  # noqa: RUF005 (TorchScript)
 
         if pos_embedding is not None and self.pos_embed_special_tokens is True:
             x = x + pos_embedding
@@ -860,7 +860,7 @@ class ViT(DetectorBackbone, PreTrainEncoder, MaskedTokenOmissionMixin, MaskedTok
                 cls_token = cls_token + pos_embedding[:, self.num_reg_tokens : self.num_reg_tokens + 1]
             special_tokens.append(cls_token.expand(x.size(0), -1, -1))
         if len(special_tokens) > 0:
-            x = torch.concat([*special_tokens, x], dim=1)
+            x = torch.concat(special_tokens + [x], dim=1)  # noqa: RUF005 (TorchScript)
 
         if return_all_features is True:
             xs = self.encoder.forward_features(x)
@@ -915,7 +915,7 @@ class ViT(DetectorBackbone, PreTrainEncoder, MaskedTokenOmissionMixin, MaskedTok
         x = self.norm(self.encoder(x, attn_mask=attn_mask))
 
         if return_input_embedding is True:
-            input_embedding = torch.concat([*self._special_tokens(x.size(0)), patch_tokens], dim=1)
+            input_embedding = torch.concat(self._special_tokens(x.size(0)) + [patch_tokens], dim=1)  # noqa: RUF005
             return torch.stack([input_embedding, x], dim=-1)
 
         return x

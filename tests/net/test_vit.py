@@ -640,3 +640,26 @@ def test_meta_build_load_assign_recompute_equals_normal_build() -> None:
     x = image(1, 3, 224, 224)
     with torch.inference_mode():
         assert torch.equal(lazy.eval()(x), normal.eval()(x))
+
+
+# TorchScript (Birder exports ViTs as scripted modules)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"num_reg_tokens": 2},
+        {"class_token": False, "attn_pool_head": True, "attn_pool_type": "EfficientProbing"},
+        {"mlp_layer_type": "SoftMoE_FFN", "soft_moe_num_experts": 2, "num_layers": 2},
+        {"stem_type": "hmlp", "patch_size": 16, "mlp_layer_type": "Norm_SwiGLU_FFN", "qk_norm": True},
+        {"pre_norm": True, "act_layer_type": "quick_gelu", "norm_layer_type": "RMSNorm", "layer_scale_init_value": 0.1},
+    ],
+)
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:FutureWarning")
+@pytest.mark.filterwarnings("ignore:The TorchScript type system:UserWarning")
+def test_scriptable(config: dict[str, Any]) -> None:
+    net = tiny(size=(32, 32), **config)
+    scripted = torch.jit.script(net)
+    x = image(2, 3, 32, 32)
+    with torch.inference_mode():
+        assert torch.allclose(scripted(x), net(x), atol=1e-6)
