@@ -192,3 +192,28 @@ def test_freeze_body_trains_only_the_classifier(tiny_net: str) -> None:
     )
     trainable = {name for name, p in module.net.named_parameters() if p.requires_grad}
     assert trainable == {"classifier.weight", "classifier.bias"}
+
+
+def test_digits_default_data_trains_to_an_accuracy(
+    tiny_net: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The embedded dataset end to end (written from scikit-learn, no network) with a tiny network."""
+
+    pytest.importorskip("sklearn")
+    args = [
+        "model=tiny_train_net_wide",
+        "data.size=[16,16]",
+        "data.digits_upscale=2",
+        "data.goal.test_acc=0.8",
+        "data.goal.minutes=null",
+        "trainer=cpu",
+        "trainer.max_epochs=6",
+        "optimizer.lr=0.01",
+        "callbacks.progress_bar=null",
+        "callbacks.model_summary=null",
+    ]
+    _main(args, tmp_path, monkeypatch)
+    summary = _summary(capsys.readouterr().out)
+    assert "tiny_train_net_wide on digits (10 classes, 16x16); test accuracy " in summary
+    assert "; goal met (accuracy >= 80%); 6 epochs in " in summary
+    assert (tmp_path / "data" / "digits" / "test" / "9").is_dir()
