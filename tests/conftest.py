@@ -1,6 +1,7 @@
 """Fixtures shared by the whole suite."""
 
 import copy
+import logging
 import os
 from collections.abc import Iterator
 
@@ -26,3 +27,20 @@ def clean_registry() -> Iterator[None]:
         registry._specs = specs
         registry.name_aliases = aliases
         registry._pretrained = entries
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging() -> Iterator[None]:
+    """In-process Hydra runs install root handlers on the stream of the moment; later tests must not inherit them."""
+
+    root = logging.getLogger()
+    handlers = root.handlers[:]
+    level = root.level
+    try:
+        yield
+    finally:
+        for handler in root.handlers[:]:
+            if handler not in handlers:
+                root.removeHandler(handler)
+                handler.close()
+        root.setLevel(level)
