@@ -200,9 +200,12 @@ def summarize(cfg: DictConfig, module: Any, metrics: dict[str, float], seconds: 
             goal = OmegaConf.create({"test_acc": None, "minutes": None})  # A shortened run proves nothing
         checks = []
         if goal.test_acc is not None:
-            checks.append((metrics["test/acc"] >= goal.test_acc, f"accuracy >= {goal.test_acc:.0%}"))
+            ok = metrics["test/acc"] >= goal.test_acc
+            sign = ">=" if ok else "<"
+            checks.append((ok, f"test accuracy {metrics['test/acc']:.2%} {sign} {goal.test_acc:.0%}"))
         if goal.minutes is not None:
-            checks.append((seconds <= goal.minutes * 60, f"time <= {goal.minutes:g} min"))
+            ok = seconds <= goal.minutes * 60
+            checks.append((ok, f"{_minutes(seconds)} {'<=' if ok else '>'} {goal.minutes:g} min"))
         if len(checks) > 0:
             goal_met = all(ok for ok, _ in checks)
             verdict = "goal met" if goal_met else "goal missed"

@@ -204,10 +204,11 @@ def test_digits_default_data_trains_to_an_accuracy(
         "model=tiny_train_net_wide",
         "data.size=[16,16]",
         "data.digits_upscale=2",
-        "data.goal.test_acc=0.8",
+        "data.augment.rotation=0",
+        "data.goal.test_acc=0.4",  # Chance is 10%; this two-layer network reaches about 58% in 4 epochs
         "data.goal.minutes=null",
         "trainer=cpu",
-        "trainer.max_epochs=6",
+        "trainer.max_epochs=4",
         "optimizer.lr=0.01",
         "callbacks.progress_bar=null",
         "callbacks.model_summary=null",
@@ -215,5 +216,5 @@ def test_digits_default_data_trains_to_an_accuracy(
     _main(args, tmp_path, monkeypatch)
     summary = _summary(capsys.readouterr().out)
     assert "tiny_train_net_wide on digits (10 classes, 16x16); test accuracy " in summary
-    assert "; goal met (accuracy >= 80%); 6 epochs in " in summary
+    assert re.search(r"; goal met \(test accuracy \d+\.\d+% >= 40%\); 4 epochs in ", summary), summary
     assert (tmp_path / "data" / "digits" / "test" / "9").is_dir()
