@@ -30,6 +30,12 @@ def _load_digits() -> tuple[list[list[list[float]]], list[int]]:
     return (bunch.images.tolist(), [int(t) for t in bunch.target])
 
 
+def is_digits_folder(root: str | os.PathLike[str]) -> bool:
+    """A folder write_digits finished (its completion marker is present)."""
+
+    return (Path(root) / _DONE).is_file()
+
+
 def write_digits(root: str | os.PathLike[str], upscale: int = 4, seed: int = 0) -> Path:
     """Write root/{train,val,test}/<digit>/<index>.png once; later calls return at once.
 
@@ -37,7 +43,7 @@ def write_digits(root: str | os.PathLike[str], upscale: int = 4, seed: int = 0) 
     """
 
     root = Path(root)
-    if (root / _DONE).is_file():
+    if is_digits_folder(root):
         return root
     if root.exists() and any(root.iterdir()):
         raise ConfigError(f"data.root '{root}' exists but is not a finished digits folder (remove it to rewrite it)")

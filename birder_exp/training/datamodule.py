@@ -8,6 +8,7 @@ PretrainedWeights callback's ``setup``) still reaches them.
 import logging
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 from typing import Optional
 
@@ -21,6 +22,7 @@ from birder_exp.data import Sample
 from birder_exp.data import plan_image_folder
 from birder_exp.data import verify_images
 from birder_exp.data import write_digits
+from birder_exp.data.digits import is_digits_folder
 from birder_exp.runs.resume import TrainOrder
 from birder_exp.training.transforms import DEFAULT_RGB_STATS
 from birder_exp.training.transforms import eval_transform
@@ -75,7 +77,12 @@ class ImageFolderDataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.data.get("kind") == "digits":
-            write_digits(self.root, upscale=int(self.data.get("digits_upscale", 4)))
+            root = Path(self.root)
+            if root.is_dir() and not is_digits_folder(root) and any(root.iterdir()):
+                # `data.root=/data/birds` with the default data group: the user's folder, not a place to write digits
+                logger.info(f"data.root '{root}' holds images of its own: training on it as an image folder")
+                return
+            write_digits(root, upscale=int(self.data.get("digits_upscale", 4)))
 
     def plan_splits(self) -> FolderPlan:
         """Classes and checked samples of every split (once; the class count is needed before the module exists)."""

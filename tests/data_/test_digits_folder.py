@@ -33,3 +33,20 @@ def test_foreign_folder_is_not_overwritten(tmp_path: Path) -> None:
     (tmp_path / "digits" / "mine.txt").write_text("keep")
     with pytest.raises(ConfigError, match="exists but is not a finished digits folder"):
         write_digits(tmp_path / "digits")
+
+
+def test_default_data_group_trains_on_a_users_own_folder(tmp_path: Path) -> None:
+    """`python -m birder_exp.train data.root=/data/birds` (data=digits by default) trains on the user's images."""
+
+    from birder_exp.training.datamodule import ImageFolderDataModule
+
+    root = tmp_path / "birds"
+    for name in ("sparrow", "wren"):
+        (root / name).mkdir(parents=True)
+        for i in range(5):
+            Image.new("RGB", (12, 12), color=(i * 40, 10, 10)).save(root / name / f"{i}.png")
+
+    module = ImageFolderDataModule({"kind": "digits", "root": str(root)}, size=(16, 16))
+    module.prepare_data()
+    assert sorted(p.name for p in root.iterdir()) == ["sparrow", "wren"]  # Nothing written into it
+    assert module.class_to_idx == {"sparrow": 0, "wren": 1}
