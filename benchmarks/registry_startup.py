@@ -7,10 +7,7 @@ from _common import importable
 from _common import process_time
 from _common import report
 
-OURS = (
-    "from birder_exp.model_registry import registry\n"
-    "registry.list_models(); registry.list_pretrained_models()\n"
-)
+OURS = "from birder_exp.model_registry import registry\nregistry.list_models(); registry.list_pretrained_models()\n"
 BIRDER = "from birder.model_registry import registry\nregistry.list_models(); registry.list_pretrained_models()\n"
 BASELINE = "pass\n"
 
