@@ -21,7 +21,7 @@ class ModelConfig:
     num_classes: Optional[int] = None  # None: counted from the data
     input_channels: int = 3
     size: Optional[list[int]] = None  # None: the architecture's default size
-    config: Optional[dict[str, Any]] = None  # Merged over the registered config
+    config: dict[str, Any] = field(default_factory=dict)  # Merged over the registered config (model.config.x=...)
     backbone: Optional[str] = None  # Detection / SSL networks wrap a backbone
     encoder: Optional[str] = None  # MIM networks wrap an encoder
 

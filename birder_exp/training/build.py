@@ -81,7 +81,7 @@ def build_network(
     name = model["name"]
     task = _spec_task(name)
     channels = int(model.get("input_channels", 3))
-    config = _plain(model.get("config"))
+    config = _plain(model.get("config")) or None  # {} (no override) builds the registered config as it is
     try:
         with torch.device(device) if device is not None else contextlib.nullcontext():
             return _build(model, name, task, num_classes, channels, config, size)

@@ -43,6 +43,12 @@ def test_cfg_job_composes_without_importing_torch(tmp_path: Path) -> None:
     assert not (tmp_path / "outputs").exists()  # Printing a config starts no run
 
 
+def test_model_config_overrides_reach_the_network(tmp_path: Path) -> None:
+    proc = run_cli(["dry_run=true", "model=resnet_v1_18", "+model.config.filter_list=[32,32,64,128,256]"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resnet_v1_18 at 224x224, 1000 classes: 3.06M parameters" in last_line(proc.stdout + proc.stderr)
+
+
 def test_help_lists_groups_and_summarises_models(tmp_path: Path) -> None:
     proc = run_cli(["--help"], tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
