@@ -1,0 +1,81 @@
+"""Checks for families whose names are only partly covered by fixtures (metaformer, xcit, cait, pvt_v2, ...).
+
+cnn_checks.check_catalogue expects a fixture for every name; here the catalogue table is the list of names, the
+fixtures pin the config of the ones they cover, and every other name is built on the meta device.
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from conformance import fixture_names
+from conformance import load_fixture
+from torch import nn
+
+from birder_exp.model_registry import registry
+
+CATALOGUE = Path(__file__).parents[2] / "birder_exp" / "model_registry" / "catalogue"
+
+
+def catalogue_names(family: str) -> list[str]:
+    with open(CATALOGUE / f"{family}.json", encoding="utf-8") as handle:
+        table: dict[str, Any] = json.load(handle)
+
+    return list(table["architectures"])
+
+
+def check_family_listing(family: str, net_type: type, count: int) -> None:
+    """The registry lists exactly the table's names for the family, each of the class, fixtures agreeing."""
+
+    names = catalogue_names(family)
+    assert len(names) == count
+    listed = [name for name, spec in registry.specs.items() if spec.family == family and spec.builtin]
+    assert sorted(listed) == sorted(names)
+    assert sorted(registry.list_models(net_type=net_type)) == sorted(names)
+    fixtures = fixture_names(family)
+    assert len(fixtures) > 0 and set(fixtures) <= set(names)
+    for name in fixtures:
+        fixture = load_fixture(name)
+        spec = registry.get_spec(name)
+        assert spec.config == fixture["config"], name
+        assert list(spec.default_size) == fixture["default_size"], name
+        assert spec.detector_backbone is fixture["is_detector_backbone"], name
+
+
+def meta_build(name: str, num_classes: int = 10, **kwargs: Any) -> nn.Module:
+    with torch.device("meta"):
+        net = registry.net_factory(name, num_classes, **kwargs)
+
+    assert all(t.device.type == "meta" for t in net.state_dict().values()), name
+    return net
+
+
+def check_meta_builds_without_fixture(family: str) -> list[str]:
+    """Every name without a fixture builds on the meta device; returns those names."""
+
+    covered = set(fixture_names(family))
+    others = [name for name in catalogue_names(family) if name not in covered]
+    for name in others:
+        net = meta_build(name)
+        assert sum(p.numel() for p in net.parameters()) > 0, name
+
+    return others
+
+
+def check_grad_checkpointing(net: nn.Module, x: torch.Tensor, **kwargs: Any) -> None:
+    """A checkpointed training step gives the plain step's output and gradients."""
+
+    net.train()
+    plain = net(x)
+    plain.sum().backward()
+    grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+    net.zero_grad()
+
+    net.set_grad_checkpointing(**kwargs)
+    ckpt = net(x)
+    ckpt.sum().backward()
+    torch.testing.assert_close(ckpt, plain)
+    for n, p in net.named_parameters():
+        if n in grads:
+            torch.testing.assert_close(p.grad, grads[n], msg=n)
