@@ -1,0 +1,171 @@
+"""The skeleton Birder's mobile and RegNet-style convnets share: ``stem`` -> ``body`` (named stages) -> ``features``
+(pooling head) -> ``classifier``.
+
+Birder writes detection features, stage freezing, masked encoding and gradient checkpointing out in every such
+family; here they are written once and each family module only builds its stem, stages and head.
+"""
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+from typing import ClassVar
+from typing import Literal
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint_sequential
+
+from birder_exp.layers.masking import mask_tensor
+from birder_exp.net.base import DetectorBackbone
+from birder_exp.net.base import MaskedTokenRetentionMixin
+from birder_exp.net.base import PreTrainEncoder
+from birder_exp.net.base import TokenRetentionResultType
+
+logger = logging.getLogger(__name__)
+
+
+class StagedConvNet(DetectorBackbone):
+    """A detector backbone whose ``body`` is an ``nn.Sequential`` of stages named ``stageN``.
+
+    Subclasses set ``stem``, ``body``, ``features`` and ``classifier``. Families that Birder lets checkpoint
+    set ``grad_checkpointing_supported`` (the others refuse, as Birder's do).
+    """
+
+    grad_checkpointing_supported: ClassVar[bool] = False
+    stem: nn.Module
+    body: nn.Sequential
+
+    def __init__(
+        self,
+        input_channels: int,
+        num_classes: int,
+        *,
+        config: Optional[dict[str, Any]] = None,
+        size: Optional[tuple[int, int]] = None,
+    ) -> None:
+        super().__init__(input_channels, num_classes, config=config, size=size)
+        self.grad_checkpointing = False
+        self.grad_checkpointing_segments: Optional[int] = None
+        self.grad_checkpointing_preserve_rng_state = True
+        self.grad_checkpointing_use_reentrant = False
+        self._grad_checkpointing_blocks: tuple[nn.Module, ...] = ()
+
+    def require_config(self, *keys: str) -> dict[str, Any]:
+        """The config, after checking it names every required key (one clear line otherwise)."""
+
+        if self.config is None or any(key not in self.config for key in keys):
+            raise ValueError(
+                f"{type(self).__name__} needs a config with {', '.join(keys)} "
+                f"(e.g. register a name with register_model_config), got {self.config!r}"
+            )
+
+        return self.config
+
+    def checkpoint_blocks(self) -> Iterator[nn.Module]:
+        """The blocks checkpointed one by one (or in segments): every block of every stage."""
+
+        for stage in self.body:
+            yield from stage.children()
+
+    def set_grad_checkpointing(
+        self,
+        enable: bool = True,
+        *,
+        segments: Optional[int] = None,
+        preserve_rng_state: bool = True,
+        use_reentrant: bool = False,
+    ) -> None:
+        if self.grad_checkpointing_supported is False:
+            super().set_grad_checkpointing(
+                enable, segments=segments, preserve_rng_state=preserve_rng_state, use_reentrant=use_reentrant
+            )
+            return
+
+        if enable is True:
+            logger.debug(
+                f"Enabling gradient checkpointing: segments={segments}, "
+                f"preserve_rng_state={preserve_rng_state}, use_reentrant={use_reentrant}"
+            )
+        else:
+            logger.debug("Disabling gradient checkpointing")
+
+        self.grad_checkpointing = enable
+        self.grad_checkpointing_segments = segments
+        self.grad_checkpointing_preserve_rng_state = preserve_rng_state
+        self.grad_checkpointing_use_reentrant = use_reentrant
+        self._grad_checkpointing_blocks = tuple(self.checkpoint_blocks()) if enable is True else ()
+
+    def run_body(self, x: torch.Tensor) -> torch.Tensor:
+        """All stages; checkpointed when enabled and gradients are on."""
+
+        if self.grad_checkpointing is True and torch.is_grad_enabled() is True and not torch.jit.is_scripting():
+            blocks = self._grad_checkpointing_blocks
+            segments = len(blocks)
+            if self.grad_checkpointing_segments is not None:
+                segments = min(self.grad_checkpointing_segments, segments)
+
+            checkpointed: torch.Tensor = checkpoint_sequential(
+                blocks,  # type: ignore[arg-type]
+                segments,
+                x,
+                use_reentrant=self.grad_checkpointing_use_reentrant,
+                preserve_rng_state=self.grad_checkpointing_preserve_rng_state,
+            )
+            return checkpointed
+
+        out: torch.Tensor = self.body(x)
+        return out
+
+    def detection_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = self.stem(x)
+        out = {}
+        for name, module in self.body.named_children():
+            x = module(x)
+            if name in self.return_stages:
+                out[name] = x
+
+        return out
+
+    def freeze_stages(self, up_to_stage: int) -> None:
+        """Freeze the stem and the first ``up_to_stage`` children of ``body`` (a ``stage0`` counts, as in Birder)."""
+
+        for param in self.stem.parameters():
+            param.requires_grad_(False)
+
+        for idx, module in enumerate(self.body.children()):
+            if idx >= up_to_stage:
+                break
+            for param in module.parameters():
+                param.requires_grad_(False)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        return self.run_body(x)
+
+    def embedding_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.features(features)
+        return out
+
+
+class MaskedStagedConvNet(StagedConvNet, PreTrainEncoder, MaskedTokenRetentionMixin):
+    """A staged convnet that FCMAE / SimMIM can pre-train: the stem output is masked per max-stride cell."""
+
+    def masked_encoding_retention(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor,
+        mask_token: Optional[torch.Tensor] = None,
+        return_keys: Literal["all", "features", "embedding"] = "features",
+    ) -> TokenRetentionResultType:
+        x = self.stem(x)
+        x = mask_tensor(x, mask, patch_factor=self.max_stride // self.stem_stride, mask_token=mask_token)
+        x = self.run_body(x)
+
+        result: TokenRetentionResultType = {}
+        if return_keys in ("all", "features"):
+            result["features"] = x
+        if return_keys in ("all", "embedding"):
+            result["embedding"] = self.features(x)
+
+        return result
