@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv test lint typecheck pytest bench train models clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
@@ -17,11 +17,11 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check birder_exp tests benchmarks examples
-	$(VENV)/bin/ruff format --check birder_exp tests benchmarks examples
+	$(VENV)/bin/ruff check birder_exp hydra_plugins tests benchmarks examples
+	$(VENV)/bin/ruff format --check birder_exp hydra_plugins tests benchmarks examples
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy birder_exp
+	$(VENV)/bin/mypy --explicit-package-bases birder_exp hydra_plugins
 
 pytest: $(STAMP)
 	$(VENV)/bin/pytest -q -n 2 --dist loadgroup

@@ -8,6 +8,7 @@ generated from the registry. Torch is imported only when a job runs, so ``--cfg`
 stay fast.
 """
 
+import gc
 import os
 import re
 import sys
@@ -25,11 +26,13 @@ from birder_exp.configs import register_configs
 from birder_exp.configs.overrides import check_overrides
 from birder_exp.configs.store import new_run_id
 from birder_exp.model_registry import RegistryError
+from birder_exp.runs.sweeper import register_sweeper_plugin
 
 CONFIG_PATH = "pkg://birder_exp.conf"
 CONFIG_NAME = "train"
 PREFIX = "birder_exp.train"
 _START = time.perf_counter()
+_FROZEN = False
 
 
 def _fail(exc: BaseException) -> NoReturn:
@@ -38,11 +41,24 @@ def _fail(exc: BaseException) -> NoReturn:
     raise SystemExit(2)
 
 
+def _freeze_imports() -> None:
+    """Once per process, after torch and Lightning are imported: their objects live as long as the process, and
+    leaving them to the cyclic collector makes every later collection walk them (a sweep's config composition
+    then runs about 1.5x slower)."""
+
+    global _FROZEN
+    if not _FROZEN:
+        gc.freeze()
+        _FROZEN = True
+
+
 def train_job(cfg: DictConfig) -> Optional[float]:
     """One training run: run the config, record and print its summary line, return the objective (for sweepers)."""
 
     from birder_exp.runs.launch import record_result
     from birder_exp.training.run import run
+
+    _freeze_imports()
 
     try:
         result = run(cfg, start=_START)
@@ -80,6 +96,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     try:
         load_plugins()
         register_configs()
+        register_sweeper_plugin()
         new_run_id()
         check_overrides(sys.argv[1:])
     except (ConfigError, RegistryError) as exc:

@@ -25,6 +25,14 @@ from birder_exp.model_registry import registry
 
 PROVIDER = "birder_exp"
 SCHEMA_NAME = "train_schema"
+# hydra/sweeper=birder_exp (birder_exp.runs.sweeper): Hydra's basic sweeper composing each job once
+SWEEPER_NODE: dict[str, Any] = {
+    "_target_": "hydra_plugins.birder_exp_sweeper.birder_exp_sweeper.BirderSweeper",  # runs.sweeper.SWEEPER_CLASS
+    "max_batch_size": None,
+    "params": None,
+    # Processes composing a batch: null = one per CPU (up to 8) for 8+ jobs, 1 = this process only
+    "compose_workers": None,
+}
 GENERATED_GROUPS = ("model", "pretrained")
 # Per CLI invocation: the run directory's unique suffix, and the working directory it started in
 _invocation: dict[str, Optional[str]] = {"run_id": secrets.token_hex(3), "cwd": None}
@@ -145,6 +153,7 @@ def register_configs() -> None:
         "pretrained",
         {n: PlainNode(n, p, group="pretrained", package="_global_") for n, p in pretrained_options().items()},
     )
+    store.store(group="hydra/sweeper", name="birder_exp", node=SWEEPER_NODE, provider=PROVIDER)
     register_resolvers()
 
 

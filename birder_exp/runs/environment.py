@@ -1,10 +1,12 @@
 """What a run needs to be reproduced months later, read without importing torch.
 
 Versions come from package metadata (the installed distributions, not ``torch.__version__``), git revisions from the
-``git`` executable when there is one. Ranks come from the variables launchers set, so a record is written once per
-run even when Lightning, torchrun or SLURM start several processes.
+``git`` executable when there is one. Both are read once per process (every job of a sweep runs the code its process
+imported), which keeps a sweep job's records from costing a dozen git calls. Ranks come from the variables launchers
+set, so a record is written once per run even when Lightning, torchrun or SLURM start several processes.
 """
 
+import functools
 import os
 import platform
 import socket
@@ -38,7 +40,8 @@ DISTRIBUTED_VARIABLES = (
 _GIT_TIMEOUT = 5.0
 
 
-def package_versions() -> dict[str, Optional[str]]:
+@functools.cache
+def _package_versions() -> tuple[tuple[str, Optional[str]], ...]:
     versions: dict[str, Optional[str]] = {"python": platform.python_version(), "birder_exp": __version__}
     for name in TRACKED_PACKAGES:
         try:
@@ -46,7 +49,11 @@ def package_versions() -> dict[str, Optional[str]]:
         except metadata.PackageNotFoundError:
             versions[name] = None
 
-    return versions
+    return tuple(versions.items())
+
+
+def package_versions() -> dict[str, Optional[str]]:
+    return dict(_package_versions())
 
 
 def _git(root: Path, *args: str) -> Optional[str]:
@@ -63,15 +70,23 @@ def _git(root: Path, *args: str) -> Optional[str]:
 
 
 def git_revision(path: Path) -> Optional[dict[str, Any]]:
-    """The commit of the checkout holding ``path`` and whether tracked files differ from it (None: no checkout)."""
+    """The commit of the checkout holding ``path`` and whether tracked files differ from it (None: no checkout),
+    as this process first saw them."""
 
-    top = _git(path, "rev-parse", "--show-toplevel")
+    found = _git_revision(str(Path(path).resolve()))
+    return dict(found) if found is not None else None
+
+
+@functools.cache
+def _git_revision(path: str) -> Optional[dict[str, Any]]:
+    root = Path(path)
+    top = _git(root, "rev-parse", "--show-toplevel")
     if top is None or top == "":
         return None
-    revision = _git(path, "rev-parse", "HEAD")
+    revision = _git(root, "rev-parse", "HEAD")
     if revision is None:
         return None
-    status = _git(path, "status", "--porcelain", "--untracked-files=no")
+    status = _git(root, "status", "--porcelain", "--untracked-files=no")
 
     return {"root": top, "revision": revision, "dirty": bool(status) if status is not None else None}
 

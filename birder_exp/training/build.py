@@ -16,6 +16,7 @@ from birder_exp.configs.errors import ConfigError
 from birder_exp.model_registry import Task
 from birder_exp.model_registry import UnknownNameError
 from birder_exp.model_registry import registry
+from birder_exp.net.meta import meta_build
 
 TASK_MODULES: dict[str, str] = {
     str(Task.IMAGE_CLASSIFICATION): "birder_exp.training.classification:ClassificationModule",
@@ -70,6 +71,14 @@ def _plain(config: Any) -> Optional[dict[str, Any]]:
     return dict(config)
 
 
+def _device_context(device: Optional[torch.device | str]) -> contextlib.AbstractContextManager[Any]:
+    if device is None:
+        return contextlib.nullcontext()
+    if torch.device(device).type == "meta":
+        return meta_build()  # A layout only: initialisers would fill tensors nobody reads
+    return torch.device(device)
+
+
 def build_network(
     model: Mapping[str, Any],
     num_classes: int,
@@ -83,7 +92,7 @@ def build_network(
     channels = int(model.get("input_channels", 3))
     config = _plain(model.get("config")) or None  # {} (no override) builds the registered config as it is
     try:
-        with torch.device(device) if device is not None else contextlib.nullcontext():
+        with _device_context(device):
             return _build(model, name, task, num_classes, channels, config, size)
     except (ValueError, TypeError, KeyError) as exc:
         if isinstance(exc, ConfigError):

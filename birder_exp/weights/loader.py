@@ -22,6 +22,7 @@ from torch import nn
 from birder_exp.model_registry import Task
 from birder_exp.model_registry import registry
 from birder_exp.net.base import recompute_non_persistent_buffers
+from birder_exp.net.meta import meta_build
 from birder_exp.weights.checkpoint import Checkpoint
 from birder_exp.weights.checkpoint import read_checkpoint
 from birder_exp.weights.download import LOADABLE_FORMATS
@@ -174,7 +175,7 @@ def materialise(
 
     if fast is True:
         try:
-            with torch.device("meta"):
+            with meta_build():  # Initialisers skipped: the loaded weights replace every tensor (assign=True)
                 net: Optional[nn.Module] = build()
         except (RuntimeError, NotImplementedError, TypeError, ValueError) as exc:
             logger.info(f"{network} cannot be built on the meta device ({exc}); building it on the CPU")
