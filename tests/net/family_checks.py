@@ -79,3 +79,32 @@ def check_grad_checkpointing(net: nn.Module, x: torch.Tensor, **kwargs: Any) -> 
     for n, p in net.named_parameters():
         if n in grads:
             torch.testing.assert_close(p.grad, grads[n], msg=n)
+
+
+def check_token_masked_encoding(net: nn.Module, x: torch.Tensor) -> None:
+    """masked_encoding_retention of a class-token transformer: features are the patch tokens as a map."""
+
+    B, _, H, W = x.size()
+    grid = (H // net.max_stride, W // net.max_stride)
+    cells = grid[0] * grid[1]
+    with torch.inference_mode():
+        unmasked = net.masked_encoding_retention(x, torch.zeros(B, cells), return_keys="all")
+        assert set(unmasked) == {"features", "embedding"}
+        tokens = net.forward_features(x)
+        patch_map = tokens[:, net.num_special_tokens :].permute(0, 2, 1).reshape(B, -1, *grid)
+        torch.testing.assert_close(unmasked["features"], patch_map)
+        torch.testing.assert_close(unmasked["embedding"], net.embedding(x))
+
+        mask = torch.zeros(B, cells)
+        mask[:, ::2] = 1.0
+        masked = net.masked_encoding_retention(x, mask, return_keys="all")
+        assert not torch.allclose(masked["features"], unmasked["features"])
+        other = torch.randn(x.shape, generator=torch.Generator().manual_seed(99))
+        ones = torch.ones(B, cells)
+        a = net.masked_encoding_retention(x, ones, return_keys="embedding")["embedding"]
+        b = net.masked_encoding_retention(other, ones, return_keys="embedding")["embedding"]
+        torch.testing.assert_close(a, b)  # Everything masked: the input no longer matters
+
+        token = torch.randn(1, 1, 1, net.stem_width)
+        with_token = net.masked_encoding_retention(x, mask, mask_token=token)["features"]
+        assert not torch.allclose(with_token, masked["features"])
