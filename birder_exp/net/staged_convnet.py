@@ -6,7 +6,10 @@ family; here they are written once and each family module only builds its stem, 
 """
 
 import logging
+from collections import OrderedDict
+from collections.abc import Callable
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 from typing import Any
 from typing import ClassVar
 from typing import Literal
@@ -33,8 +36,9 @@ class StagedConvNet(DetectorBackbone):
     """
 
     grad_checkpointing_supported: ClassVar[bool] = False
-    stem: nn.Module
-    body: nn.Sequential
+    if TYPE_CHECKING:  # Not class annotations at runtime: TorchScript would read them as attribute types
+        stem: nn.Module
+        body: nn.Sequential
 
     def __init__(
         self,
@@ -169,3 +173,46 @@ class MaskedStagedConvNet(StagedConvNet, PreTrainEncoder, MaskedTokenRetentionMi
             result["embedding"] = self.features(x)
 
         return result
+
+
+def split_at_strides(
+    blocks: list[tuple[nn.Module, tuple[int, int], int]], in_channels: int
+) -> tuple[nn.Sequential, list[int]]:
+    """Birder's stage split for the mobile nets: every strided block opens a new stage.
+
+    ``blocks`` holds (block, stride, output channels). ``stage0`` gets the blocks before the first stride (it may be
+    empty, as in MobileNet v3 small); returns the body and each stage's output channels (the caller keeps [1:5]).
+    """
+
+    stages: OrderedDict[str, nn.Module] = OrderedDict()
+    channels: list[int] = []
+    current: list[nn.Module] = []
+    width = in_channels
+    for block, stride, out_channels in blocks:
+        if stride != (1, 1):
+            stages[f"stage{len(stages)}"] = nn.Sequential(*current)
+            channels.append(width)
+            current = []
+        current.append(block)
+        width = out_channels
+
+    stages[f"stage{len(stages)}"] = nn.Sequential(*current)
+    channels.append(width)
+    return nn.Sequential(stages), channels
+
+
+def init_mobile_weights(net: nn.Module, linear_init: Callable[[torch.Tensor], Any]) -> None:
+    """He-normal (fan-out) convs, unit norms, zero biases; each family picks its linear init."""
+
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            linear_init(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
