@@ -4,6 +4,7 @@ BatchNorm with TensorFlow's momentum (0.99, i.e. 0.01 in PyTorch terms).
 """
 
 from collections import OrderedDict
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 from typing import Optional
@@ -40,7 +41,7 @@ class InvertedResidualBlock(nn.Module):
         stride: tuple[int, int],
         expansion_factor: int,
         repeats: int,
-        norm_layer: partial[nn.Module],
+        norm_layer: Callable[..., nn.Module],
     ) -> None:
         super().__init__()
         layers = []
