@@ -102,8 +102,10 @@ def test_sweep_jobs_start_clean_and_one_job_reruns_identically(
     assert "config: the rebuilt config equals the recorded one" in rerun.stdout
     [again] = run_dirs(tmp_path)  # A new single-run directory, not the sweep's
     assert record(again)["status"] == "completed"
-    assert metric_rows(again) == metric_rows(sweep / "0")
-    assert final_digest(again) == final_digest(sweep / "0") is not None
+    # On a mismatch, say what each run started from (a flaky failure here must explain itself)
+    states = {p.name: (record(p)["start_state"], record(p)["command"]["argv"]) for p in (again, sweep / "0")}
+    assert metric_rows(again) == metric_rows(sweep / "0"), states
+    assert final_digest(again) == final_digest(sweep / "0") is not None, states
 
 
 def test_a_sweep_over_weight_entries_records_each_file_sha256(
