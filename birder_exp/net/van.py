@@ -196,7 +196,9 @@ class VAN(DetectorBackbone):
                     nn.init.zeros_(m.bias)
 
     def _get_input_conv(self) -> nn.Conv2d:
-        return self.body.stage1.patch_embed.proj  # type: ignore[no-any-return]
+        stage1 = self.body[0]
+        assert isinstance(stage1, VANStage)
+        return stage1.patch_embed.proj
 
     def detection_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         out = {}
