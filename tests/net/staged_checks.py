@@ -135,10 +135,11 @@ def check_no_grad_checkpointing(name: str) -> None:
 
 
 def check_masked_encoding_own_init(name: str) -> None:
-    """cnn_checks.check_masked_encoding on the family's own initialisation.
+    """cnn_checks.check_masked_encoding on the family's own initialisation, compared relative to the feature scale.
 
     After fill v1 (weights of scale 0.02) a deep stack without residuals ends at its BatchNorm shifts whatever the
-    input, so masking cannot be seen in the features; the family's He initialisation keeps the signal.
+    input, so masking cannot be seen in float32; with the family's He init (eval statistics untrained) the signal
+    shrinks by orders of magnitude but stays input-dependent, so differences are measured against its own scale.
     """
 
     torch.manual_seed(0)
@@ -146,23 +147,27 @@ def check_masked_encoding_own_init(name: str) -> None:
     x = image()
     grid = (x.shape[2] // net.max_stride, x.shape[3] // net.max_stride)
     cells = grid[0] * grid[1]
+
+    def differs(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return bool((a - b).abs().max() > 1e-3 * b.abs().max())
+
     with torch.inference_mode():
         unmasked = net.masked_encoding_retention(x, torch.zeros(2, cells), return_keys="all")
-        assert unmasked["features"].shape == (2, net.feature_dim, *grid)
-        torch.testing.assert_close(unmasked["features"], net.forward_features(x))
+        features = unmasked["features"]
+        assert features.shape == (2, net.feature_dim, *grid)
+        assert torch.equal(features, net.forward_features(x))
         torch.testing.assert_close(unmasked["embedding"], net.embedding(x))
 
         mask = torch.zeros(2, cells)
         mask[:, ::2] = 1.0
         masked = net.masked_encoding_retention(x, mask)
         assert list(masked) == ["features"]
-        assert not torch.allclose(masked["features"], unmasked["features"])
+        assert differs(masked["features"], features)
         token = torch.randn(1, 1, 1, net.stem_width)
-        with_token = net.masked_encoding_retention(x, mask, mask_token=token, return_keys="embedding")
-        assert list(with_token) == ["embedding"]
-        assert not torch.allclose(with_token["embedding"], unmasked["embedding"])
+        with_token = net.masked_encoding_retention(x, mask, mask_token=token, return_keys="all")
+        assert differs(with_token["features"], masked["features"])
 
         ones = torch.ones(2, cells)
         a = net.masked_encoding_retention(x, ones)["features"]
         b = net.masked_encoding_retention(image(seed=7), ones)["features"]
-        torch.testing.assert_close(a, b)
+        assert torch.equal(a, b)  # The stem output is all zeros either way
