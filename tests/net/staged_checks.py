@@ -6,9 +6,13 @@ name built and run on the meta device, freezing with Birder's ``stage0``, gradie
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import torch
 from cnn_checks import build
+from cnn_checks import check_classifier_and_embedding
+from cnn_checks import check_detection_features
+from cnn_checks import check_meta_build
 from cnn_checks import image
 from conformance import fixture_names
 from conformance import load_fixture
@@ -171,3 +175,23 @@ def check_masked_encoding_own_init(name: str) -> None:
         a = net.masked_encoding_retention(x, ones)["features"]
         b = net.masked_encoding_retention(image(seed=7), ones)["features"]
         assert torch.equal(a, b)  # The stem output is all zeros either way
+
+
+def check_staged_behaviour(
+    name: str, frozen_stages: int, checkpoint_segments: Optional[int] = None, masked: bool = False
+) -> None:
+    """What every staged convnet offers, on one small name: detection features, classifier and embedding,
+    freezing, gradient checkpointing (``checkpoint_segments``) or Birder's refusal of it, masked encoding for the
+    pre-trainable families, and the meta-device build."""
+
+    check_detection_features(name)
+    check_classifier_and_embedding(name)
+    check_freeze(name)
+    check_freeze_stages(name, frozen_stages)
+    if checkpoint_segments is None:
+        check_no_grad_checkpointing(name)
+    else:
+        check_grad_checkpointing(name, checkpoint_segments)
+    if masked is True:
+        check_masked_encoding_own_init(name)
+    check_meta_build(name)

@@ -4,18 +4,14 @@ import pytest
 import torch
 from cnn_checks import build
 from cnn_checks import check_bad_config
-from cnn_checks import check_classifier_and_embedding
 from cnn_checks import check_custom_variant
 from cnn_checks import check_detection_features
-from cnn_checks import check_meta_build
 from cnn_checks import check_scriptable
 from conformance import check_outputs
 from conformance import fixture_names
 from staged_checks import check_family_catalogue
-from staged_checks import check_freeze
-from staged_checks import check_freeze_stages
 from staged_checks import check_meta_layout
-from staged_checks import check_no_grad_checkpointing
+from staged_checks import check_staged_behaviour
 from staged_checks import family_names
 from torch import nn
 from torchvision.ops import SqueezeExcitation
@@ -85,30 +81,19 @@ def test_bad_config() -> None:
     check_bad_config(MobileNet_v3)
 
 
-def test_detection_features() -> None:
-    check_detection_features(SMALL)
+def test_large_detection_features() -> None:
     check_detection_features(LARGE)
 
 
-def test_classifier_and_embedding() -> None:
-    check_classifier_and_embedding(SMALL)
+def test_mlp_head_forward() -> None:
     net = build(SMALL).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.inference_mode():
         torch.testing.assert_close(net(x), net.classifier(net.embedding(x)))
 
 
-def test_freeze() -> None:
-    check_freeze(SMALL)
-    check_freeze_stages(SMALL, 2)
-
-
-def test_no_grad_checkpointing() -> None:
-    check_no_grad_checkpointing(SMALL)
-
-
-def test_meta_build() -> None:
-    check_meta_build(LARGE)
+def test_behaviour() -> None:
+    check_staged_behaviour(SMALL, frozen_stages=2)
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning", "ignore:The TorchScript type system:UserWarning")

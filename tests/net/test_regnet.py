@@ -4,19 +4,13 @@ import pytest
 import torch
 from cnn_checks import build
 from cnn_checks import check_bad_config
-from cnn_checks import check_classifier_and_embedding
 from cnn_checks import check_custom_variant
-from cnn_checks import check_detection_features
-from cnn_checks import check_masked_encoding
-from cnn_checks import check_meta_build
 from cnn_checks import check_scriptable
 from conformance import check_outputs
 from conformance import fixture_names
 from staged_checks import check_family_catalogue
-from staged_checks import check_freeze
-from staged_checks import check_freeze_stages
-from staged_checks import check_grad_checkpointing
 from staged_checks import check_meta_layout
+from staged_checks import check_staged_behaviour
 from staged_checks import family_names
 from torchvision.ops import SqueezeExcitation
 
@@ -94,14 +88,6 @@ def test_bad_config() -> None:
         RegNet(3, 10, config={**TINY_CONFIG, "w_m": 1.0})
 
 
-def test_detection_features(tiny: str) -> None:
-    check_detection_features(tiny)
-
-
-def test_masked_encoding_retention(tiny: str) -> None:
-    check_masked_encoding(tiny)
-
-
 def test_pretrain_encoder_attributes() -> None:
     net = build(SMALL)
     assert (net.stem_stride, net.stem_width, net.max_stride, net.feature_dim) == (2, 32, 32, 368)
@@ -111,27 +97,14 @@ def test_pretrain_encoder_attributes() -> None:
     assert decoder.block[1][0].groups == 1  # Group width 64 over 64 channels
 
 
-def test_classifier_and_embedding(tiny: str) -> None:
-    check_classifier_and_embedding(tiny)
-
-
-def test_freeze(tiny: str) -> None:
-    check_freeze(tiny)
-    check_freeze_stages(tiny, 2)
-
-
-def test_meta_build(tiny: str) -> None:
-    check_meta_build(tiny)
-
-
-def test_grad_checkpointing(tiny: str) -> None:
-    check_grad_checkpointing(tiny, segments=3)
-
-
 def test_input_channels_not_adjustable(tiny: str) -> None:
     net = build(tiny)
     with pytest.raises(RuntimeError, match="does not support input channel adjustment"):
         net.adjust_input_channels(1)
+
+
+def test_behaviour(tiny: str) -> None:
+    check_staged_behaviour(tiny, frozen_stages=2, checkpoint_segments=3, masked=True)
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning", "ignore:The TorchScript type system:UserWarning")

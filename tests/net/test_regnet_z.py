@@ -4,19 +4,13 @@ import pytest
 import torch
 from cnn_checks import build
 from cnn_checks import check_bad_config
-from cnn_checks import check_classifier_and_embedding
 from cnn_checks import check_custom_variant
-from cnn_checks import check_detection_features
-from cnn_checks import check_meta_build
 from cnn_checks import check_scriptable
 from cnn_checks import image
 from conformance import check_outputs
 from conformance import fixture_names
 from staged_checks import check_family_catalogue
-from staged_checks import check_freeze
-from staged_checks import check_freeze_stages
-from staged_checks import check_masked_encoding_own_init
-from staged_checks import check_no_grad_checkpointing
+from staged_checks import check_staged_behaviour
 from torchvision.ops import SqueezeExcitation
 
 from birder_exp.model_registry import registry
@@ -74,14 +68,6 @@ def test_head_widens_to_num_features(tiny: str) -> None:
         assert net.embedding(image()).shape == (2, 48)
 
 
-def test_detection_features(tiny: str) -> None:
-    check_detection_features(tiny)
-
-
-def test_masked_encoding_retention(tiny: str) -> None:
-    check_masked_encoding_own_init(tiny)
-
-
 def test_decoder_block(tiny: str) -> None:
     net = build(tiny)
     decoder = net.decoder_block(64)
@@ -89,21 +75,8 @@ def test_decoder_block(tiny: str) -> None:
     assert decoder(torch.randn(1, 64, 4, 4)).shape == (1, 64, 4, 4)
 
 
-def test_classifier_and_embedding(tiny: str) -> None:
-    check_classifier_and_embedding(tiny)
-
-
-def test_freeze(tiny: str) -> None:
-    check_freeze(tiny)
-    check_freeze_stages(tiny, 3)
-
-
-def test_no_grad_checkpointing(tiny: str) -> None:
-    check_no_grad_checkpointing(tiny)
-
-
-def test_meta_build(tiny: str) -> None:
-    check_meta_build(tiny)
+def test_behaviour(tiny: str) -> None:
+    check_staged_behaviour(tiny, frozen_stages=3, masked=True)
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning", "ignore:The TorchScript type system:UserWarning")
