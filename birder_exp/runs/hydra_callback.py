@@ -63,17 +63,30 @@ def fresh_directory_suffix(config: DictConfig, key: str) -> None:
             return
 
 
-def without_hydra(config: DictConfig) -> DictConfig:
-    """The task part of a composed config (its interpolations still resolve through HydraConfig)."""
+def task_container(config: DictConfig, resolve: bool) -> dict[str, Any]:
+    """The task part of a composed config as plain data, read in place: a masked copy of the whole config costs
+    more than a short sweep job's own work. Interpolations resolve through the full config, as the job's do."""
 
-    return OmegaConf.masked_copy(config, [str(k) for k in config if k != "hydra"])
+    container: dict[str, Any] = {}
+    for key in config:
+        if key == "hydra":
+            continue
+        node = config._get_node(str(key))
+        if OmegaConf.is_config(node):
+            container[str(key)] = OmegaConf.to_container(node, resolve=resolve)  # type: ignore[arg-type]
+        elif OmegaConf.is_missing(config, str(key)):
+            container[str(key)] = "???"
+        else:
+            container[str(key)] = config[key] if resolve else node._value()  # type: ignore[union-attr]
+
+    return container
 
 
 def _task_config(config: DictConfig) -> Optional[dict[str, Any]]:
     """The job's config with every interpolation resolved (the values the run really used)."""
 
     try:
-        return OmegaConf.to_container(without_hydra(config), resolve=True)  # type: ignore[return-value]
+        return task_container(config, resolve=True)
     except Exception as exc:
         logger.warning(f"run.json: the resolved config was not recorded ({type(exc).__name__}: {exc})")
         return None

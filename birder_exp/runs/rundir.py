@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from omegaconf import OmegaConf
 
 from birder_exp.runs import environment
-from birder_exp.runs.hydra_callback import without_hydra
+from birder_exp.runs.hydra_callback import task_container
 from birder_exp.runs.record import read_record
 from birder_exp.runs.summary import job_dirs
 
@@ -295,7 +295,7 @@ def resolved_task_config(cfg: DictConfig, output_dir: str, cwd: str) -> dict[str
         HydraConfig.instance().set_config(cfg)
         os.chdir(cwd)
         new_run_id()  # ${birder_exp.cwd:} (paths.root_dir) is the directory an invocation starts in: the run's
-        return OmegaConf.to_container(without_hydra(cfg), resolve=True)  # type: ignore[return-value]
+        return task_container(cfg, resolve=True)
     finally:
         os.chdir(here)
         new_run_id()
@@ -337,7 +337,7 @@ def plan_rerun(run: RunDir, extra: Sequence[str], executable: str, run_dir: Opti
             rebuilt = resolved_task_config(composed, run.recorded_output_dir, cwd)
             plan.differences = diff_configs(recorded, rebuilt)
         else:
-            rebuilt = OmegaConf.to_container(without_hydra(composed), resolve=False)  # type: ignore[assignment]
+            rebuilt = task_container(composed, resolve=False)
             saved = OmegaConf.to_container(run.saved_config, resolve=False)
             plan.differences = diff_configs(saved, rebuilt)  # type: ignore[arg-type]
             plan.note = "no run.json: compared with .hydra/config.yaml, unresolved"

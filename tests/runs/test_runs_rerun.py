@@ -152,11 +152,11 @@ def _guard(tmp_path: Path, launcher: str, trainer: list[str], train_fn: Any) -> 
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
     from omegaconf import open_dict
     from omegaconf import read_write
 
     from birder_exp.configs import register_configs
-    from birder_exp.runs.hydra_callback import without_hydra
     from birder_exp.runs.launch import guarded_job
 
     register_configs()
@@ -168,7 +168,7 @@ def _guard(tmp_path: Path, launcher: str, trainer: list[str], train_fn: Any) -> 
         cfg.hydra.runtime.output_dir = str(tmp_path)
         cfg.hydra.job.num = 4
     HydraConfig.instance().set_config(cfg)
-    return guarded_job(without_hydra(cfg), train_fn)
+    return guarded_job(OmegaConf.masked_copy(cfg, [str(k) for k in cfg if k != "hydra"]), train_fn)
 
 
 def test_a_sweep_job_is_guarded(tmp_path: Path, capsys: pytest.CaptureFixture[str], hydra_state: None) -> None:
