@@ -108,3 +108,31 @@ def check_token_masked_encoding(net: nn.Module, x: torch.Tensor) -> None:
         token = torch.randn(1, 1, 1, net.stem_width)
         with_token = net.masked_encoding_retention(x, mask, mask_token=token)["features"]
         assert not torch.allclose(with_token, masked["features"])
+
+
+def check_map_masked_encoding(net: nn.Module, x: torch.Tensor) -> None:
+    """masked_encoding_retention of a convnet on a net with its own init (fill v1 can wash the input out of deep
+    BN nets): features equal forward_features unmasked, change when masked, ignore the input when all masked."""
+
+    B, _, H, W = x.size()
+    cells = (H // net.max_stride) * (W // net.max_stride)
+    with torch.inference_mode():
+        unmasked = net.masked_encoding_retention(x, torch.zeros(B, cells), return_keys="all")
+        torch.testing.assert_close(unmasked["features"], net.forward_features(x))
+        torch.testing.assert_close(unmasked["embedding"], net.embedding(x))
+
+        mask = torch.zeros(B, cells)
+        mask[:, ::2] = 1.0
+        masked = net.masked_encoding_retention(x, mask)["features"]
+        scale = unmasked["features"].abs().mean()
+        assert (masked - unmasked["features"]).abs().mean() > 1e-3 * scale
+
+        other = torch.randn(x.shape, generator=torch.Generator().manual_seed(99))
+        ones = torch.ones(B, cells)
+        a = net.masked_encoding_retention(x, ones)["features"]
+        b = net.masked_encoding_retention(other, ones)["features"]
+        torch.testing.assert_close(a, b)
+
+        token = torch.randn(1, 1, 1, net.stem_width)
+        with_token = net.masked_encoding_retention(x, mask, mask_token=token)["features"]
+        assert (with_token - masked).abs().mean() > 1e-3 * scale
