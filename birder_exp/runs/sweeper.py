@@ -16,10 +16,12 @@ import logging
 import multiprocessing
 import os
 import pickle
+import sys
 import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 from typing import Optional
 
@@ -130,7 +132,8 @@ def _compose_in_worker(overrides: list[str]) -> Optional[bytes]:
 
 
 def compose_workers(requested: Optional[int], jobs: int) -> int:
-    """How many processes compose a batch of ``jobs``: a fork is only safe while this process runs one thread."""
+    """How many processes compose a batch of ``jobs``: a fork is only safe while this process runs one thread, and
+    only Linux forks without caveats (macOS system libraries do not survive one)."""
 
     if requested is not None:
         wanted = max(1, int(requested))
@@ -138,7 +141,7 @@ def compose_workers(requested: Optional[int], jobs: int) -> int:
         wanted = 1
     else:
         wanted = min(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1, 8)
-    if wanted > 1 and (threading.active_count() > 1 or "fork" not in multiprocessing.get_all_start_methods()):
+    if wanted > 1 and (threading.active_count() > 1 or not sys.platform.startswith("linux")):
         return 1
     return min(wanted, jobs)
 
@@ -192,6 +195,9 @@ class ComposeOnceSweeper(BasicSweeper):
                 context = multiprocessing.get_context("fork")
                 with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
                     blobs = list(pool.map(_compose_in_worker, jobs, chunksize=max(1, len(jobs) // (workers * 4))))
+            except (BrokenProcessPool, OSError) as exc:
+                logger.warning(f"Composing in {workers} worker processes failed ({exc}): composing here")
+                blobs = [None] * len(jobs)
             finally:
                 _worker_state.clear()
 
