@@ -63,6 +63,7 @@ class MobileOneBlock(nn.Module):
         self.padding = padding
         self.groups = groups
         self.num_conv_branches = num_conv_branches
+        self.id_tensor: Optional[torch.Tensor] = None  # The identity branch's kernel, once fused (RepMixer reads it)
 
         self.se: nn.Module = SqueezeExcitation(out_channels, out_channels // 16) if use_se is True else nn.Identity()
         self.activation: nn.Module = activation_layer() if use_act is True else nn.Identity()
@@ -169,6 +170,7 @@ class MobileOneBlock(nn.Module):
             centre = self.kernel_size // 2
             for i in range(self.in_channels):
                 kernel[i, i % input_dim, centre, centre] = 1
+            self.id_tensor = kernel
             bn = branch
 
         assert isinstance(bn, nn.BatchNorm2d)
