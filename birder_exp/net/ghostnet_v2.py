@@ -12,12 +12,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from birder_exp.net.ghostnet_v1 import GhostModule
 from birder_exp.net.ghostnet_v1 import GhostNetBase
-from birder_exp.net.ghostnet_v1 import ghost_convs
 from birder_exp.net.ghostnet_v1 import same_padding
 
 
-class GhostModule_v2(nn.Module):
+def _depthwise_bn(channels: int, kernel_size: tuple[int, int]) -> tuple[nn.Module, nn.Module]:
+    conv = nn.Conv2d(
+        channels,
+        channels,
+        kernel_size=kernel_size,
+        stride=(1, 1),
+        padding=same_padding(kernel_size),
+        groups=channels,
+        bias=False,
+    )
+    return (conv, nn.BatchNorm2d(channels))
+
+
+class GhostModule_v2(GhostModule):
+    """v1's ghost module gated by DFC attention (Birder's parameter names and order)."""
+
     def __init__(
         self,
         in_channels: int,
@@ -28,12 +43,8 @@ class GhostModule_v2(nn.Module):
         dw_size: tuple[int, int],
         use_act: bool,
     ) -> None:
-        super().__init__()
+        super().__init__(in_channels, out_channels, kernel_size, stride, ratio, dw_size, use_act)
         self.gate_fn = nn.Sigmoid()
-        self.out_channels = out_channels
-        self.primary_conv, self.cheap_operation = ghost_convs(
-            in_channels, out_channels, kernel_size, stride, ratio, dw_size, use_act
-        )
         self.avg_pool = nn.AvgPool2d(kernel_size=(2, 2), stride=(2, 2), padding=(0, 0))
         self.short_conv = nn.Sequential(
             nn.Conv2d(
@@ -45,26 +56,8 @@ class GhostModule_v2(nn.Module):
                 bias=False,
             ),
             nn.BatchNorm2d(out_channels),
-            nn.Conv2d(
-                out_channels,
-                out_channels,
-                kernel_size=(1, 5),
-                stride=(1, 1),
-                padding=(0, 2),
-                groups=out_channels,
-                bias=False,
-            ),
-            nn.BatchNorm2d(out_channels),
-            nn.Conv2d(
-                out_channels,
-                out_channels,
-                kernel_size=(5, 1),
-                stride=(1, 1),
-                padding=(2, 0),
-                groups=out_channels,
-                bias=False,
-            ),
-            nn.BatchNorm2d(out_channels),
+            *_depthwise_bn(out_channels, (1, 5)),
+            *_depthwise_bn(out_channels, (5, 1)),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
