@@ -20,8 +20,8 @@ from torchvision.ops import StochasticDepth
 
 from birder_exp.layers import LayerNorm2d
 from birder_exp.layers.fourier_position import PositionalEncodingFourier
-from birder_exp.net.base import DetectorBackbone
 from birder_exp.net.base import staged_stochastic_depth_rates
+from birder_exp.net.staged_convnet import StagedConvNet
 from birder_exp.net.xcit import XCA
 
 _REQUIRED_KEYS = ("depths", "dims", "heads", "drop_path_rate")
@@ -215,7 +215,7 @@ class EdgeNeXtStage(nn.Module):
         return self.blocks(self.downsample(x))  # type: ignore[no-any-return]
 
 
-class EdgeNeXt(DetectorBackbone):
+class EdgeNeXt(StagedConvNet):
     default_size: ClassVar[tuple[int, int]] = (256, 256)
 
     def __init__(
@@ -227,18 +227,13 @@ class EdgeNeXt(DetectorBackbone):
         size: Optional[tuple[int, int]] = None,
     ) -> None:
         super().__init__(input_channels, num_classes, config=config, size=size)
-        if self.config is None or any(key not in self.config for key in _REQUIRED_KEYS):
-            raise ValueError(
-                f"{type(self).__name__} needs a config with {', '.join(_REQUIRED_KEYS)} "
-                f"(e.g. register a name with register_model_config), got {self.config!r}"
-            )
-
+        config = self.require_config(*_REQUIRED_KEYS)
         expand_ratio = 4
         layer_scale_init_value = 1e-6
-        depths: list[int] = list(self.config["depths"])
-        dims: list[int] = list(self.config["dims"])
-        heads: list[int] = list(self.config["heads"])
-        drop_path_rate: float = self.config["drop_path_rate"]
+        depths: list[int] = list(config["depths"])
+        dims: list[int] = list(config["dims"])
+        heads: list[int] = list(config["heads"])
+        drop_path_rate: float = config["drop_path_rate"]
         if not len(depths) == len(dims) == len(heads) == len(_D2_SCALES):
             raise ValueError(
                 f"{type(self).__name__}: depths, dims and heads need 4 entries each (one per stage), "
@@ -303,36 +298,6 @@ class EdgeNeXt(DetectorBackbone):
                     nn.init.zeros_(m.bias)
 
     def _get_input_conv(self) -> nn.Conv2d:
-        conv = self.stem[0]
+        conv = self.stem.get_submodule("0")
         assert isinstance(conv, nn.Conv2d)
         return conv
-
-    def detection_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self.stem(x)
-        out = {}
-        for name, module in self.body.named_children():
-            x = module(x)
-            if name in self.return_stages:
-                out[name] = x
-
-        return out
-
-    def freeze_stages(self, up_to_stage: int) -> None:
-        """Freeze the stem and the first ``up_to_stage`` stages."""
-
-        for param in self.stem.parameters():
-            param.requires_grad_(False)
-
-        for idx, module in enumerate(self.body.children()):
-            if idx >= up_to_stage:
-                break
-            for param in module.parameters():
-                param.requires_grad_(False)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.body(self.stem(x))
-        return out
-
-    def embedding_from_features(self, features: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.features(features)
-        return out

@@ -6,29 +6,21 @@ layer / residual scales per stage by name. Module and parameter names follow Bir
 strictly.
 """
 
-import logging
 from collections import OrderedDict
 from collections.abc import Callable
+from collections.abc import Iterator
 from typing import Any
 from typing import ClassVar
-from typing import Literal
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint_sequential
 from torchvision.ops import StochasticDepth
 
 from birder_exp.layers import LayerNorm2d
-from birder_exp.layers.masking import mask_tensor
-from birder_exp.net.base import DetectorBackbone
-from birder_exp.net.base import MaskedTokenRetentionMixin
-from birder_exp.net.base import PreTrainEncoder
-from birder_exp.net.base import TokenRetentionResultType
 from birder_exp.net.base import staged_stochastic_depth_rates
-
-logger = logging.getLogger(__name__)
+from birder_exp.net.staged_convnet import MaskedStagedConvNet
 
 _REQUIRED_KEYS = (
     "depths",
@@ -330,8 +322,9 @@ def _lookup(kind: str, table: dict[str, Callable[..., nn.Module]], name: str) ->
     return table[name]
 
 
-class MetaFormer(DetectorBackbone, PreTrainEncoder, MaskedTokenRetentionMixin):
+class MetaFormer(MaskedStagedConvNet):
     block_group_regex: ClassVar[Optional[str]] = r"body\.stage(\d+)\.blocks\.(\d+)"
+    grad_checkpointing_supported: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -342,41 +335,30 @@ class MetaFormer(DetectorBackbone, PreTrainEncoder, MaskedTokenRetentionMixin):
         size: Optional[tuple[int, int]] = None,
     ) -> None:
         super().__init__(input_channels, num_classes, config=config, size=size)
-        if self.config is None or any(key not in self.config for key in _REQUIRED_KEYS):
-            raise ValueError(
-                f"{type(self).__name__} needs a config with {', '.join(_REQUIRED_KEYS)} "
-                f"(e.g. register a name with register_model_config), got {self.config!r}"
-            )
-
-        depths: list[int] = list(self.config["depths"])
+        config = self.require_config(*_REQUIRED_KEYS)
+        depths: list[int] = list(config["depths"])
         num_stages = len(depths)
-        bad = [key for key in _PER_STAGE_KEYS if len(self.config[key]) != num_stages]
+        bad = [key for key in _PER_STAGE_KEYS if len(config[key]) != num_stages]
         if num_stages == 0 or len(bad) > 0:
             raise ValueError(
                 f"{type(self).__name__}: depths and {', '.join(_PER_STAGE_KEYS)} need one entry per stage "
                 f"(got {num_stages} depths; mismatched: {', '.join(bad) or 'depths is empty'})"
             )
 
-        dims: list[int] = list(self.config["dims"])
-        token_mixers = [_lookup("token_mixer_name", _TOKEN_MIXERS, n) for n in self.config["token_mixer_names"]]
-        mlp_act = _lookup("mlp_act_name", _MLP_ACTIVATIONS, self.config["mlp_act_name"])
-        mlp_bias: bool = self.config["mlp_bias"]
-        layer_scale_init_values: list[Optional[float]] = self.config["layer_scale_init_values"]
-        res_scale_init_values: list[Optional[float]] = self.config["res_scale_init_values"]
-        norm_layers = [_lookup("norm_layer_name", _NORM_LAYERS, n) for n in self.config["norm_layer_names"]]
-        downsample_norm = _lookup("downsample_norm_name", _DOWNSAMPLE_NORMS, self.config["downsample_norm_name"])
-        drop_path_rate: float = self.config["drop_path_rate"]
-        drop_path_uniform: bool = self.config.get("drop_path_uniform", False)
-
-        self.grad_checkpointing = False
-        self.grad_checkpointing_segments: Optional[int] = None
-        self.grad_checkpointing_preserve_rng_state = True
-        self.grad_checkpointing_use_reentrant = False
-        self._grad_checkpointing_blocks: tuple[nn.Module, ...] = ()
+        dims: list[int] = list(config["dims"])
+        token_mixers = [_lookup("token_mixer_name", _TOKEN_MIXERS, n) for n in config["token_mixer_names"]]
+        mlp_act = _lookup("mlp_act_name", _MLP_ACTIVATIONS, config["mlp_act_name"])
+        mlp_bias: bool = config["mlp_bias"]
+        layer_scale_init_values: list[Optional[float]] = config["layer_scale_init_values"]
+        res_scale_init_values: list[Optional[float]] = config["res_scale_init_values"]
+        norm_layers = [_lookup("norm_layer_name", _NORM_LAYERS, n) for n in config["norm_layer_names"]]
+        downsample_norm = _lookup("downsample_norm_name", _DOWNSAMPLE_NORMS, config["downsample_norm_name"])
+        drop_path_rate: float = config["drop_path_rate"]
+        drop_path_uniform: bool = config.get("drop_path_uniform", False)
 
         # The config's head choice wins over BaseNet's mlp_head default
-        self.mlp_head = self.config["mlp_head"]
-        self.mlp_head_dropout: float = self.config["mlp_head_dropout"]
+        self.mlp_head = config["mlp_head"]
+        self.mlp_head_dropout: float = config["mlp_head_dropout"]
         self.stem = nn.Sequential(
             nn.Conv2d(self.input_channels, dims[0], kernel_size=(7, 7), stride=(4, 4), padding=(2, 2)),
             downsample_norm(dims[0]),
@@ -424,103 +406,17 @@ class MetaFormer(DetectorBackbone, PreTrainEncoder, MaskedTokenRetentionMixin):
                     nn.init.zeros_(m.bias)
 
     def _get_input_conv(self) -> nn.Conv2d:
-        conv = self.stem[0]
+        conv = self.stem.get_submodule("0")
         assert isinstance(conv, nn.Conv2d)
         return conv
 
-    def set_grad_checkpointing(
-        self,
-        enable: bool = True,
-        *,
-        segments: Optional[int] = None,
-        preserve_rng_state: bool = True,
-        use_reentrant: bool = False,
-    ) -> None:
-        logger.debug(
-            f"Gradient checkpointing: enable={enable}, segments={segments}, "
-            f"preserve_rng_state={preserve_rng_state}, use_reentrant={use_reentrant}"
-        )
-        self.grad_checkpointing = enable
-        self.grad_checkpointing_segments = segments
-        self.grad_checkpointing_preserve_rng_state = preserve_rng_state
-        self.grad_checkpointing_use_reentrant = use_reentrant
-        # Checkpoint units: each stage's downsample, then each of its blocks
-        blocks: list[nn.Module] = []
-        if enable is True:
-            for stage in self.body.children():
-                assert isinstance(stage, MetaFormerStage)
-                blocks.append(stage.downsample)
-                blocks.extend(stage.blocks.children())
+    def checkpoint_blocks(self) -> Iterator[nn.Module]:
+        """Checkpoint units, in Birder's order: each stage's downsample, then each of its blocks."""
 
-        self._grad_checkpointing_blocks = tuple(blocks)
-
-    def _run_body(self, x: torch.Tensor) -> torch.Tensor:
-        if self.grad_checkpointing is True and torch.is_grad_enabled() is True and not torch.jit.is_scripting():
-            segments = len(self._grad_checkpointing_blocks)
-            if self.grad_checkpointing_segments is not None:
-                segments = min(self.grad_checkpointing_segments, segments)
-
-            out: torch.Tensor = checkpoint_sequential(
-                self._grad_checkpointing_blocks,  # type: ignore[arg-type]
-                segments,
-                x,
-                use_reentrant=self.grad_checkpointing_use_reentrant,
-                preserve_rng_state=self.grad_checkpointing_preserve_rng_state,
-            )
-            return out
-
-        out = self.body(x)
-        return out
-
-    def detection_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self.stem(x)
-        out = {}
-        for name, module in self.body.named_children():
-            x = module(x)
-            if name in self.return_stages:
-                out[name] = x
-
-        return out
-
-    def freeze_stages(self, up_to_stage: int) -> None:
-        """Freeze the stem and the first ``up_to_stage`` stages."""
-
-        for param in self.stem.parameters():
-            param.requires_grad_(False)
-
-        for idx, module in enumerate(self.body.children()):
-            if idx >= up_to_stage:
-                break
-            for param in module.parameters():
-                param.requires_grad_(False)
-
-    def masked_encoding_retention(
-        self,
-        x: torch.Tensor,
-        mask: torch.Tensor,
-        mask_token: Optional[torch.Tensor] = None,
-        return_keys: Literal["all", "features", "embedding"] = "features",
-    ) -> TokenRetentionResultType:
-        """Mask the stem output in place (``mask`` is per max-stride cell), then run all stages."""
-
-        x = self.stem(x)
-        x = mask_tensor(x, mask, patch_factor=self.max_stride // self.stem_stride, mask_token=mask_token)
-        x = self._run_body(x)
-
-        result: TokenRetentionResultType = {}
-        if return_keys in ("all", "features"):
-            result["features"] = x
-        if return_keys in ("all", "embedding"):
-            result["embedding"] = self.features(x)
-
-        return result
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self._run_body(self.stem(x))
-
-    def embedding_from_features(self, features: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.features(features)
-        return out
+        for stage in self.body.children():
+            assert isinstance(stage, MetaFormerStage)
+            yield stage.downsample
+            yield from stage.blocks.children()
 
     def create_classifier(
         self, embed_dim: Optional[int] = None, head_bias: Optional[bool] = None, mlp_head: Optional[bool] = None

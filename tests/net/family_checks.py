@@ -9,7 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from cnn_checks import build
+from conformance import check_layout
+from conformance import check_outputs
 from conformance import fixture_names
+from conformance import has_outputs
 from conformance import load_fixture
 from torch import nn
 
@@ -136,3 +140,27 @@ def check_map_masked_encoding(net: nn.Module, x: torch.Tensor) -> None:
         token = torch.randn(1, 1, 1, net.stem_width)
         with_token = net.masked_encoding_retention(x, mask, mask_token=token)["features"]
         assert (with_token - masked).abs().mean() > 1e-3 * scale
+
+
+def check_birder_exact(name: str) -> None:
+    """Outputs against the fixture where it has them, the state_dict layout otherwise."""
+
+    if has_outputs(name) is True:
+        check_outputs(name)
+    else:
+        check_layout(name)
+
+
+def check_stage_freeze(name: str, frozen_prefixes: tuple[str, ...]) -> None:
+    """freeze() keeps only the head trainable; freeze_stages(2) freezes exactly ``frozen_prefixes``."""
+
+    net = build(name)
+    net.freeze(freeze_classifier=False)
+    assert {n for n, p in net.named_parameters() if p.requires_grad} == {
+        n for n, _ in net.named_parameters() if n.startswith("classifier.")
+    }
+
+    net = build(name)
+    net.freeze_stages(2)
+    for param_name, param in net.named_parameters():
+        assert param.requires_grad is not param_name.startswith(frozen_prefixes), param_name

@@ -14,10 +14,8 @@ from cnn_checks import check_detection_features
 from cnn_checks import check_freeze
 from cnn_checks import check_meta_build
 from cnn_checks import image
-from conformance import check_layout
-from conformance import check_outputs
 from conformance import fixture_names
-from conformance import has_outputs
+from family_checks import check_birder_exact
 from family_checks import check_family_listing
 from family_checks import check_map_masked_encoding
 from family_checks import check_meta_builds_without_fixture
@@ -44,10 +42,7 @@ def small(clean_registry: None) -> str:
 
 @pytest.mark.parametrize("name", fixture_names(FAMILY))
 def test_birder_exact(name: str) -> None:
-    if has_outputs(name):
-        check_outputs(name)
-    else:
-        check_layout(name)
+    check_birder_exact(name)
 
 
 def test_family_listing() -> None:

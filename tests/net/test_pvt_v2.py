@@ -4,7 +4,6 @@ from typing import Any
 
 import pytest
 import torch
-from cnn_checks import build
 from cnn_checks import check_adjust_input_channels
 from cnn_checks import check_adjust_size
 from cnn_checks import check_bad_config
@@ -14,12 +13,11 @@ from cnn_checks import check_detection_features
 from cnn_checks import check_masked_encoding
 from cnn_checks import check_meta_build
 from cnn_checks import check_scriptable
-from conformance import check_layout
-from conformance import check_outputs
 from conformance import fixture_names
-from conformance import has_outputs
+from family_checks import check_birder_exact
 from family_checks import check_family_listing
 from family_checks import check_meta_builds_without_fixture
+from family_checks import check_stage_freeze
 from family_checks import meta_build
 from torch import nn
 
@@ -46,10 +44,7 @@ def small(request: pytest.FixtureRequest, clean_registry: None) -> str:
 
 @pytest.mark.parametrize("name", fixture_names(FAMILY))
 def test_birder_exact(name: str) -> None:
-    if has_outputs(name):
-        check_outputs(name)
-    else:
-        check_layout(name)
+    check_birder_exact(name)
 
 
 def test_family_listing() -> None:
@@ -122,15 +117,7 @@ def test_classifier_and_embedding(small: str) -> None:
 
 
 def test_freeze(small: str) -> None:
-    net = build(small)
-    net.freeze(freeze_classifier=False)
-    assert {n for n, p in net.named_parameters() if p.requires_grad} == {"classifier.weight", "classifier.bias"}
-
-    net = build(small)
-    net.freeze_stages(2)
-    for name, param in net.named_parameters():
-        frozen = name.startswith(("patch_embed.", "body.stage1.", "body.stage2."))
-        assert param.requires_grad is not frozen, name
+    check_stage_freeze(small, ("patch_embed.", "body.stage1.", "body.stage2."))
 
 
 def test_meta_build(small: str) -> None:

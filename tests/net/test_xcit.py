@@ -14,12 +14,11 @@ from cnn_checks import check_custom_variant
 from cnn_checks import check_meta_build
 from cnn_checks import check_scriptable
 from cnn_checks import image
-from conformance import check_layout
-from conformance import check_outputs
 from conformance import fixture_names
-from conformance import has_outputs
+from family_checks import check_birder_exact
 from family_checks import check_family_listing
 from family_checks import check_meta_builds_without_fixture
+from family_checks import check_stage_freeze
 from family_checks import check_token_masked_encoding
 from family_checks import meta_build
 from torch import nn
@@ -49,10 +48,7 @@ def small(clean_registry: None) -> str:
 
 @pytest.mark.parametrize("name", fixture_names(FAMILY))
 def test_birder_exact(name: str) -> None:
-    if has_outputs(name):
-        check_outputs(name)
-    else:
-        check_layout(name)
+    check_birder_exact(name)
 
 
 def test_family_listing() -> None:
@@ -157,11 +153,7 @@ def test_freeze(small: str) -> None:
     trainable = {n for n, p in net.named_parameters() if p.requires_grad}
     assert trainable == {n for n, _ in net.named_parameters() if n.startswith(("classifier.", "block2.", "cls_token"))}
 
-    net = build(small)
-    net.freeze_stages(2)
-    for name, param in net.named_parameters():
-        frozen = name.startswith(("patch_embed.", "pos_embed.", "block1.stage1.", "block1.stage2."))
-        assert param.requires_grad is not frozen, name
+    check_stage_freeze(small, ("patch_embed.", "pos_embed.", "block1.stage1.", "block1.stage2."))
 
 
 def test_meta_build(small: str) -> None:
