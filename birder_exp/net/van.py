@@ -16,8 +16,8 @@ from torch import nn
 from torchvision.ops import StochasticDepth
 
 from birder_exp.layers import LayerNorm2d
-from birder_exp.net.base import DetectorBackbone
 from birder_exp.net.base import staged_stochastic_depth_rates
+from birder_exp.net.staged_convnet import StagedConvNet
 
 _REQUIRED_KEYS = ("embed_dims", "depths", "drop_path_rate")
 _MLP_RATIOS = (8.0, 8.0, 4.0, 4.0)  # Per stage, fixed by the architecture
@@ -127,7 +127,7 @@ class VANStage(nn.Module):
         return self.norm(self.block(self.patch_embed(x)))  # type: ignore[no-any-return]
 
 
-class VAN(DetectorBackbone):
+class VAN(StagedConvNet):
     block_group_regex: ClassVar[Optional[str]] = r"body\.stage(\d+)\.block\.(\d+)"
 
     def __init__(
@@ -139,22 +139,19 @@ class VAN(DetectorBackbone):
         size: Optional[tuple[int, int]] = None,
     ) -> None:
         super().__init__(input_channels, num_classes, config=config, size=size)
-        if self.config is None or any(key not in self.config for key in _REQUIRED_KEYS):
-            raise ValueError(
-                f"{type(self).__name__} needs a config with {', '.join(_REQUIRED_KEYS)} "
-                f"(e.g. register a name with register_model_config), got {self.config!r}"
-            )
-
+        config = self.require_config(*_REQUIRED_KEYS)
         drop_rate = 0.0
-        embed_dims: list[int] = list(self.config["embed_dims"])
-        depths: list[int] = list(self.config["depths"])
-        drop_path_rate: float = self.config["drop_path_rate"]
+        embed_dims: list[int] = list(config["embed_dims"])
+        depths: list[int] = list(config["depths"])
+        drop_path_rate: float = config["drop_path_rate"]
         if not len(embed_dims) == len(depths) == len(_MLP_RATIOS):
             raise ValueError(
                 f"{type(self).__name__}: embed_dims and depths need 4 entries each (one per stage), "
                 f"got {len(embed_dims)} and {len(depths)}"
             )
 
+        # No stem: each stage opens with its own patch embedding (an identity keeps the skeleton's stem -> body)
+        self.stem = nn.Identity()
         dpr = staged_stochastic_depth_rates(drop_path_rate, depths)
         stages: OrderedDict[str, nn.Module] = OrderedDict()
         for i, depth in enumerate(depths):
@@ -199,29 +196,3 @@ class VAN(DetectorBackbone):
         stage1 = self.body[0]
         assert isinstance(stage1, VANStage)
         return stage1.patch_embed.proj
-
-    def detection_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        out = {}
-        for name, module in self.body.named_children():
-            x = module(x)
-            if name in self.return_stages:
-                out[name] = x
-
-        return out
-
-    def freeze_stages(self, up_to_stage: int) -> None:
-        """Freeze the first ``up_to_stage`` stages (each holds its own patch embedding; there is no stem)."""
-
-        for idx, module in enumerate(self.body.children()):
-            if idx >= up_to_stage:
-                break
-            for param in module.parameters():
-                param.requires_grad_(False)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.body(x)
-        return out
-
-    def embedding_from_features(self, features: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.features(features)
-        return out
