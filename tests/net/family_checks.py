@@ -67,24 +67,6 @@ def check_meta_builds_without_fixture(family: str) -> list[str]:
     return others
 
 
-def check_grad_checkpointing(net: nn.Module, x: torch.Tensor, **kwargs: Any) -> None:
-    """A checkpointed training step gives the plain step's output and gradients."""
-
-    net.train()
-    plain = net(x)
-    plain.sum().backward()
-    grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
-    net.zero_grad()
-
-    net.set_grad_checkpointing(**kwargs)
-    ckpt = net(x)
-    ckpt.sum().backward()
-    torch.testing.assert_close(ckpt, plain)
-    for n, p in net.named_parameters():
-        if n in grads:
-            torch.testing.assert_close(p.grad, grads[n], msg=n)
-
-
 def check_token_masked_encoding(net: nn.Module, x: torch.Tensor) -> None:
     """masked_encoding_retention of a class-token transformer: features are the patch tokens as a map."""
 

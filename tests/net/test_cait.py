@@ -11,13 +11,13 @@ from cnn_checks import check_adjust_size
 from cnn_checks import check_bad_config
 from cnn_checks import check_classifier_and_embedding
 from cnn_checks import check_custom_variant
+from cnn_checks import check_grad_checkpointing
 from cnn_checks import check_meta_build
 from cnn_checks import check_scriptable
 from cnn_checks import image
 from conformance import fixture_names
 from family_checks import check_birder_exact
 from family_checks import check_family_listing
-from family_checks import check_grad_checkpointing
 from family_checks import check_meta_builds_without_fixture
 from family_checks import check_token_masked_encoding
 from family_checks import meta_build
@@ -140,7 +140,7 @@ def test_meta_build(small: str) -> None:
 
 def test_gradient_checkpointing() -> None:
     torch.manual_seed(0)
-    check_grad_checkpointing(CaiT(3, 4, config=TINY, size=(32, 32)), image(size=(32, 32)), segments=1)
+    check_grad_checkpointing(CaiT(3, 4, config=TINY, size=SIZE), segments=1)
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning", "ignore:The TorchScript type system:UserWarning")

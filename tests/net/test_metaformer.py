@@ -10,6 +10,7 @@ from cnn_checks import check_classifier_and_embedding
 from cnn_checks import check_custom_variant
 from cnn_checks import check_detection_features
 from cnn_checks import check_freeze
+from cnn_checks import check_grad_checkpointing
 from cnn_checks import check_masked_encoding
 from cnn_checks import check_meta_build
 from cnn_checks import check_scriptable
@@ -17,7 +18,6 @@ from cnn_checks import image
 from conformance import fixture_names
 from family_checks import check_birder_exact
 from family_checks import check_family_listing
-from family_checks import check_grad_checkpointing
 from family_checks import check_meta_builds_without_fixture
 from family_checks import meta_build
 from torch import nn
@@ -175,10 +175,11 @@ def test_meta_build(small: str) -> None:
 
 def test_gradient_checkpointing() -> None:
     torch.manual_seed(0)
-    net = MetaFormer(3, 4, config={**TINY_CAFORMER, "drop_path_rate": 0.0}, size=(64, 64))
-    check_grad_checkpointing(net, image(size=(64, 64)), segments=3)
-    # Units are each stage's downsample followed by its blocks
-    assert len(net._grad_checkpointing_blocks) == 8
+    net = MetaFormer(3, 4, config={**TINY_CAFORMER, "drop_path_rate": 0.0})
+    net.set_grad_checkpointing()
+    assert len(net._grad_checkpointing_blocks) == 8  # Each stage's downsample, then its blocks
+    net.set_grad_checkpointing(False)
+    check_grad_checkpointing(net, segments=3)
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning", "ignore:The TorchScript type system:UserWarning")
