@@ -6,6 +6,7 @@ Module and parameter names follow Birder's, so its checkpoints load strictly.
 """
 
 import logging
+from typing import TYPE_CHECKING
 from typing import Any
 from typing import ClassVar
 from typing import Literal
@@ -124,9 +125,43 @@ class LayerScaleBlock(nn.Module):
         return x + self.drop_path(self.gamma_2 * self.mlp(self.norm2(x)))
 
 
-class CaiT(PreTrainEncoder, MaskedTokenRetentionMixin):
-    block_group_regex: ClassVar[Optional[str]] = r"block1\.(\d+)"  # The class-attention blocks go with the head
+class ClassTokenHead(PreTrainEncoder):
+    """The CaiT / XCiT head: patch tokens are encoded first, a class token joins for the last (class-attention)
+    blocks, and the embedding is that class token. ``head_modules`` names what ``unfreeze_features`` re-opens."""
+
     layer_freeze_exempt_parameters: ClassVar[frozenset[str]] = frozenset({"cls_token"})
+    head_modules: ClassVar[tuple[str, ...]] = ("block2",)
+    if TYPE_CHECKING:  # Not class annotations at runtime: TorchScript would read them as attribute types
+        cls_token: nn.Parameter
+        num_special_tokens: int
+
+    def freeze(self, freeze_classifier: bool = True, unfreeze_features: bool = False) -> None:
+        for param in self.parameters():
+            param.requires_grad_(False)
+
+        if freeze_classifier is False:
+            for param in self.classifier.parameters():
+                param.requires_grad_(True)
+
+        if unfreeze_features is True:
+            self.cls_token.requires_grad_(True)
+            for name in self.head_modules:
+                for param in self.get_submodule(name).parameters():
+                    param.requires_grad_(True)
+
+    def flatten_features(self, features: torch.Tensor, include_special_tokens: bool = True) -> torch.Tensor:
+        if include_special_tokens is False:
+            return features[:, self.num_special_tokens :]
+
+        return features
+
+    def embedding_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        return features[:, 0]
+
+
+class CaiT(ClassTokenHead, MaskedTokenRetentionMixin):
+    block_group_regex: ClassVar[Optional[str]] = r"block1\.(\d+)"  # The class-attention blocks go with the head
+    head_modules: ClassVar[tuple[str, ...]] = ("block2", "norm")
 
     def __init__(
         self,
@@ -226,21 +261,6 @@ class CaiT(PreTrainEncoder, MaskedTokenRetentionMixin):
     def _get_input_conv(self) -> nn.Conv2d:
         return self.patch_embed.proj
 
-    def freeze(self, freeze_classifier: bool = True, unfreeze_features: bool = False) -> None:
-        """``unfreeze_features`` re-opens what turns patch tokens into the embedding: cls token, block2, norm."""
-
-        for param in self.parameters():
-            param.requires_grad_(False)
-
-        if freeze_classifier is False:
-            for param in self.classifier.parameters():
-                param.requires_grad_(True)
-
-        if unfreeze_features is True:
-            self.cls_token.requires_grad_(True)
-            for param in [*self.block2.parameters(), *self.norm.parameters()]:
-                param.requires_grad_(True)
-
     def set_grad_checkpointing(
         self,
         enable: bool = True,
@@ -319,15 +339,6 @@ class CaiT(PreTrainEncoder, MaskedTokenRetentionMixin):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self._encode(self.patch_embed(x))
-
-    def flatten_features(self, features: torch.Tensor, include_special_tokens: bool = True) -> torch.Tensor:
-        if include_special_tokens is False:
-            return features[:, self.num_special_tokens :]
-
-        return features
-
-    def embedding_from_features(self, features: torch.Tensor) -> torch.Tensor:
-        return features[:, 0]
 
     def set_dynamic_size(self, dynamic_size: bool = True) -> None:
         if dynamic_size is True:

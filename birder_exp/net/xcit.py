@@ -26,10 +26,10 @@ from birder_exp.layers.fourier_position import PositionalEncodingFourier
 from birder_exp.layers.masking import mask_tensor
 from birder_exp.net.base import DetectorBackbone
 from birder_exp.net.base import MaskedTokenRetentionMixin
-from birder_exp.net.base import PreTrainEncoder
 from birder_exp.net.base import TokenRetentionResultType
 from birder_exp.net.base import normalize_out_indices
 from birder_exp.net.base import stochastic_depth_rates
+from birder_exp.net.cait import ClassTokenHead
 
 _REQUIRED_KEYS = ("patch_size", "embed_dim", "depth", "num_heads", "eta", "tokens_norm", "drop_path_rate")
 _STAGE_ENDS = {12: [3, 5, 7, 11], 24: [7, 11, 15, 23]}  # Last block of each stage, by depth
@@ -186,9 +186,8 @@ class XCABlock(nn.Module):
         return x + self.drop_path(self.gamma3 * self.mlp(self.norm3(x)))
 
 
-class XCiT(DetectorBackbone, PreTrainEncoder, MaskedTokenRetentionMixin):
+class XCiT(DetectorBackbone, ClassTokenHead, MaskedTokenRetentionMixin):
     block_group_regex: ClassVar[Optional[str]] = r"block1\.stage(\d+)\.(\d+)"  # Class attention goes with the head
-    layer_freeze_exempt_parameters: ClassVar[frozenset[str]] = frozenset({"cls_token"})
 
     def __init__(
         self,
@@ -291,21 +290,6 @@ class XCiT(DetectorBackbone, PreTrainEncoder, MaskedTokenRetentionMixin):
         assert isinstance(conv, nn.Conv2d)
         return conv
 
-    def freeze(self, freeze_classifier: bool = True, unfreeze_features: bool = False) -> None:
-        """``unfreeze_features`` re-opens the class token and the class-attention head (block2)."""
-
-        for param in self.parameters():
-            param.requires_grad_(False)
-
-        if freeze_classifier is False:
-            for param in self.classifier.parameters():
-                param.requires_grad_(True)
-
-        if unfreeze_features is True:
-            self.cls_token.requires_grad_(True)
-            for param in self.block2.parameters():
-                param.requires_grad_(True)
-
     def strip_for_detection_features(self) -> None:
         self.block2 = nn.Identity()  # type: ignore[assignment]
         self.cls_token = None  # type: ignore[assignment]
@@ -381,12 +365,3 @@ class XCiT(DetectorBackbone, PreTrainEncoder, MaskedTokenRetentionMixin):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x, H, W = self._embed(x)
         return self._encode(x, H, W)
-
-    def flatten_features(self, features: torch.Tensor, include_special_tokens: bool = True) -> torch.Tensor:
-        if include_special_tokens is False:
-            return features[:, self.num_special_tokens :]
-
-        return features
-
-    def embedding_from_features(self, features: torch.Tensor) -> torch.Tensor:
-        return features[:, 0]
