@@ -7,7 +7,9 @@ module only when it builds one of its names.
 import copy
 import logging
 from collections.abc import Callable
+from collections.abc import Iterator
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 from typing import Any
 from typing import ClassVar
 from typing import Literal
@@ -19,6 +21,7 @@ from typing import overload
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint_sequential
 
 from birder_exp.model_registry import Task
 
@@ -138,7 +141,86 @@ def recompute_non_persistent_buffers(module: nn.Module, device: Optional[torch.d
             compute(device)
 
 
-class BaseNet(nn.Module):
+class GradCheckpointing:
+    """Gradient checkpointing settings behind Birder's ``set_grad_checkpointing`` signature, written once.
+
+    A module (a net or one of its encoders) opts in by calling ``_init_grad_checkpointing`` in ``__init__``; a net
+    whose checkpointing lives in a child hands the call on by overriding ``_grad_checkpointing_owner``. Anything
+    else refuses with one clear line, as Birder's nets without checkpointing do.
+    """
+
+    if TYPE_CHECKING:  # Not class annotations at runtime: TorchScript would read them as attribute types
+        grad_checkpointing: bool
+        grad_checkpointing_segments: Optional[int]
+        grad_checkpointing_preserve_rng_state: bool
+        grad_checkpointing_use_reentrant: bool
+
+    def _init_grad_checkpointing(self) -> None:
+        self._has_grad_checkpointing = True
+        self.grad_checkpointing = False
+        self.grad_checkpointing_segments = None
+        self.grad_checkpointing_preserve_rng_state = True
+        self.grad_checkpointing_use_reentrant = False
+
+    def _grad_checkpointing_owner(self) -> "GradCheckpointing":
+        if getattr(self, "_has_grad_checkpointing", False) is False:
+            raise RuntimeError(f"{self.__class__.__name__} does not support gradient checkpointing")
+
+        return self
+
+    def _validate_grad_checkpointing(self, enable: bool, segments: Optional[int]) -> None:
+        if segments is not None and segments < 1:
+            raise ValueError(f"Gradient checkpointing segments must be a positive int or None, got {segments}")
+
+    def _grad_checkpointing_changed(self) -> None:
+        """Called after the settings change (e.g. to collect the blocks to checkpoint)."""
+
+    def set_grad_checkpointing(
+        self,
+        enable: bool = True,
+        *,
+        segments: Optional[int] = None,
+        preserve_rng_state: bool = True,
+        use_reentrant: bool = False,
+    ) -> None:
+        owner = self._grad_checkpointing_owner()
+        if owner is not self:
+            owner.set_grad_checkpointing(
+                enable, segments=segments, preserve_rng_state=preserve_rng_state, use_reentrant=use_reentrant
+            )
+            return
+
+        self._validate_grad_checkpointing(enable, segments)
+        logger.debug(
+            f"Gradient checkpointing {'on' if enable else 'off'}: segments={segments}, "
+            f"preserve_rng_state={preserve_rng_state}, use_reentrant={use_reentrant}"
+        )
+        self.grad_checkpointing = enable
+        self.grad_checkpointing_segments = segments
+        self.grad_checkpointing_preserve_rng_state = preserve_rng_state
+        self.grad_checkpointing_use_reentrant = use_reentrant
+        self._grad_checkpointing_changed()
+
+    def _checkpointing_active(self) -> bool:
+        return self.grad_checkpointing is True and torch.is_grad_enabled() is True
+
+    def _run_checkpointed(self, functions: Any, x: torch.Tensor) -> torch.Tensor:
+        """``checkpoint_sequential`` over ``functions`` (modules or callables) with the stored settings."""
+
+        segments = len(functions)
+        if self.grad_checkpointing_segments is not None:
+            segments = min(self.grad_checkpointing_segments, segments)
+
+        return checkpoint_sequential(  # type: ignore[no-any-return]
+            functions,
+            segments,
+            x,
+            use_reentrant=self.grad_checkpointing_use_reentrant,
+            preserve_rng_state=self.grad_checkpointing_preserve_rng_state,
+        )
+
+
+class BaseNet(GradCheckpointing, nn.Module):
     default_size: ClassVar[tuple[int, int]] = (224, 224)
     block_group_regex: ClassVar[Optional[str]]
     auto_register: ClassVar[bool] = False
@@ -192,6 +274,17 @@ class BaseNet(nn.Module):
         self.embedding_size: int
         self.classifier: nn.Module
 
+    def require_config(self, *keys: str) -> dict[str, Any]:
+        """The config, after checking it names every required key (one clear line otherwise)."""
+
+        if self.config is None or any(key not in self.config for key in keys):
+            raise ValueError(
+                f"{type(self).__name__} needs a config with {', '.join(keys)} "
+                f"(e.g. register a name with register_model_config), got {self.config!r}"
+            )
+
+        return self.config
+
     def create_classifier(
         self, embed_dim: Optional[int] = None, head_bias: Optional[bool] = None, mlp_head: Optional[bool] = None
     ) -> nn.Module:
@@ -236,16 +329,6 @@ class BaseNet(nn.Module):
             self.features = nn.Identity()
 
         self.classifier = nn.Identity()
-
-    def set_grad_checkpointing(
-        self,
-        enable: bool = True,
-        *,
-        segments: Optional[int] = None,
-        preserve_rng_state: bool = True,
-        use_reentrant: bool = False,
-    ) -> None:
-        raise RuntimeError(f"{self.__class__.__name__} does not support gradient checkpointing")
 
     def adjust_size(self, new_size: tuple[int, int]) -> None:
         """One-time adjustment for a new resolution; runs after load_state_dict."""
@@ -347,6 +430,22 @@ class MaskedTokenOmissionMixin:
 
     num_special_tokens: int
 
+    def embedding_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _omission_result(
+        self, x: torch.Tensor, return_all_features: bool, return_keys: Literal["all", "tokens", "embedding"]
+    ) -> TokenOmissionResultType:
+        """The result dict from the encoded tokens (stacked on a last axis when ``return_all_features``)."""
+
+        result: TokenOmissionResultType = {}
+        if return_keys in ("all", "tokens"):
+            result["tokens"] = x
+        if return_keys in ("all", "embedding"):
+            result["embedding"] = self.embedding_from_features(x[..., -1] if return_all_features is True else x)
+
+        return result
+
     def masked_encoding_omission(
         self,
         x: torch.Tensor,
@@ -368,6 +467,25 @@ class MaskedTokenRetentionMixin:
         return_keys: Literal["all", "features", "embedding"] = "features",
     ) -> TokenRetentionResultType:
         raise NotImplementedError
+
+    def embedding_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _retention_result(
+        self,
+        x: torch.Tensor,
+        return_keys: Literal["all", "features", "embedding"],
+        to_feature_map: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    ) -> TokenRetentionResultType:
+        """The result dict from the encoder output; ``to_feature_map`` turns it into (B, C, H, W) if it is not."""
+
+        result: TokenRetentionResultType = {}
+        if return_keys in ("all", "features"):
+            result["features"] = x if to_feature_map is None else to_feature_map(x)
+        if return_keys in ("all", "embedding"):
+            result["embedding"] = self.embedding_from_features(x)
+
+        return result
 
 
 class DetectorBackbone(BaseNet):
@@ -393,6 +511,80 @@ class DetectorBackbone(BaseNet):
 
     def freeze_stages(self, up_to_stage: int) -> None:
         raise NotImplementedError
+
+
+class BlockCheckpointing(GradCheckpointing):
+    """Gradient checkpointing over every block of ``self.body`` (a Sequential of stage Sequentials)."""
+
+    if TYPE_CHECKING:
+        body: nn.Sequential
+
+    def _init_grad_checkpointing(self) -> None:
+        super()._init_grad_checkpointing()
+        self._grad_checkpointing_blocks: tuple[nn.Module, ...] = ()
+
+    def _grad_checkpointing_changed(self) -> None:
+        if self.grad_checkpointing is True:
+            self._grad_checkpointing_blocks = tuple(
+                block for stage in self.body.children() for block in stage.children()
+            )
+        else:
+            self._grad_checkpointing_blocks = ()
+
+    def _forward_body(self, x: torch.Tensor) -> torch.Tensor:
+        """All stages, checkpointed block by block (or in ``segments`` groups) when enabled and training."""
+
+        if self.grad_checkpointing is True and torch.is_grad_enabled() is True and not torch.jit.is_scripting():
+            return self._run_checkpointed(self._grad_checkpointing_blocks, x)
+
+        return self.body(x)  # type: ignore[no-any-return]
+
+
+class StagedBackbone:
+    """``detection_features`` and ``freeze_stages`` for nets laid out as ``stem`` -> ``body`` (stages ``stageN``).
+
+    Hooks: ``_detection_stem`` (input -> first stage input, default the stem), ``_detection_output`` (a stage
+    output -> its returned map, default unchanged) and ``_stem_parameters`` (what ``freeze_stages`` always
+    freezes, default the stem's parameters).
+    """
+
+    if TYPE_CHECKING:
+        stem: Any  # Each family's own stem type
+        body: nn.Sequential
+        return_stages: list[str]
+
+    def _detection_stem(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.stem(x)
+        return out
+
+    def _detection_output(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def _stem_parameters(self) -> Iterator[nn.Parameter]:
+        params: Iterator[nn.Parameter] = self.stem.parameters()
+        return params
+
+    def detection_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = self._detection_stem(x)
+        out = {}
+        for name, module in self.body.named_children():
+            x = module(x)
+            if name in self.return_stages:
+                out[name] = self._detection_output(x)
+
+        return out
+
+    def freeze_stages(self, up_to_stage: int) -> None:
+        """Freeze the stem and the first ``up_to_stage`` stages."""
+
+        for param in self._stem_parameters():
+            param.requires_grad_(False)
+
+        for idx, module in enumerate(self.body.children()):
+            if idx >= up_to_stage:
+                break
+            for param in module.parameters():
+                param.requires_grad_(False)
 
 
 def pos_embedding_sin_cos_2d(

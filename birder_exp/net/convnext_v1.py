@@ -7,7 +7,7 @@ follow Birder's, so Birder checkpoints load strictly.
 
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 from typing import ClassVar
@@ -16,22 +16,38 @@ from typing import Optional
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint_sequential
 from torchvision.ops import Conv2dNormActivation
 from torchvision.ops import Permute
 from torchvision.ops import StochasticDepth
 
 from birder_exp.layers import LayerNorm2d
 from birder_exp.layers.masking import mask_tensor
+from birder_exp.net.base import BlockCheckpointing
 from birder_exp.net.base import DetectorBackbone
 from birder_exp.net.base import MaskedTokenRetentionMixin
 from birder_exp.net.base import PreTrainEncoder
+from birder_exp.net.base import StagedBackbone
 from birder_exp.net.base import TokenRetentionResultType
 from birder_exp.net.base import stochastic_depth_rates
 
 logger = logging.getLogger(__name__)
 
-_REQUIRED_KEYS = ("in_channels", "num_layers", "drop_path_rate")
+
+def inverted_bottleneck(channels: int, hidden_norm: Optional[Callable[[int], nn.Module]] = None) -> nn.Sequential:
+    """Depthwise 7x7 -> LayerNorm -> Linear (4x) -> GELU [-> hidden_norm] -> Linear, channels-last in between."""
+
+    layers: list[nn.Module] = [
+        nn.Conv2d(channels, channels, kernel_size=(7, 7), stride=(1, 1), padding=(3, 3), groups=channels),
+        Permute([0, 2, 3, 1]),
+        nn.LayerNorm(channels, eps=1e-6),
+        nn.Linear(channels, 4 * channels),
+        nn.GELU(),
+    ]
+    if hidden_norm is not None:
+        layers.append(hidden_norm(4 * channels))
+
+    layers += [nn.Linear(4 * channels, channels), Permute([0, 3, 1, 2])]
+    return nn.Sequential(*layers)
 
 
 class ConvNeXtBlock(nn.Module):
@@ -39,15 +55,7 @@ class ConvNeXtBlock(nn.Module):
 
     def __init__(self, channels: int, layer_scale: float, stochastic_depth_prob: float) -> None:
         super().__init__()
-        self.block = nn.Sequential(
-            nn.Conv2d(channels, channels, kernel_size=(7, 7), stride=(1, 1), padding=(3, 3), groups=channels),
-            Permute([0, 2, 3, 1]),
-            nn.LayerNorm(channels, eps=1e-6),
-            nn.Linear(channels, 4 * channels),
-            nn.GELU(),
-            nn.Linear(4 * channels, channels),
-            Permute([0, 3, 1, 2]),
-        )
+        self.block = inverted_bottleneck(channels)
         self.layer_scale = nn.Parameter(torch.ones(channels, 1, 1) * layer_scale)
         self.stochastic_depth = StochasticDepth(stochastic_depth_prob, mode="row")
 
@@ -60,7 +68,7 @@ class ConvNeXtBlock(nn.Module):
         return self.stochastic_depth(branch * self.layer_scale) + x
 
 
-class ConvNeXtNet(DetectorBackbone, PreTrainEncoder, MaskedTokenRetentionMixin):
+class ConvNeXtNet(BlockCheckpointing, StagedBackbone, DetectorBackbone, PreTrainEncoder, MaskedTokenRetentionMixin):
     """The ConvNeXt skeleton shared by v1 and v2; subclasses define ``make_block``."""
 
     block_group_regex: ClassVar[Optional[str]] = r"body\.stage(\d+)\.(\d+)"
@@ -74,27 +82,18 @@ class ConvNeXtNet(DetectorBackbone, PreTrainEncoder, MaskedTokenRetentionMixin):
         size: Optional[tuple[int, int]] = None,
     ) -> None:
         super().__init__(input_channels, num_classes, config=config, size=size)
-        if self.config is None or any(key not in self.config for key in _REQUIRED_KEYS):
-            raise ValueError(
-                f"{type(self).__name__} needs a config with {', '.join(_REQUIRED_KEYS)} "
-                f"(e.g. register a name with register_model_config), got {self.config!r}"
-            )
-
-        in_channels: list[int] = list(self.config["in_channels"])
-        num_layers: list[int] = list(self.config["num_layers"])
-        drop_path_rate: float = self.config["drop_path_rate"]
-        drop_path_uniform: bool = self.config.get("drop_path_uniform", False)
+        cfg = self.require_config("in_channels", "num_layers", "drop_path_rate")
+        in_channels: list[int] = list(cfg["in_channels"])
+        num_layers: list[int] = list(cfg["num_layers"])
+        drop_path_rate: float = cfg["drop_path_rate"]
+        drop_path_uniform: bool = cfg.get("drop_path_uniform", False)
         if len(in_channels) != len(num_layers) or len(in_channels) == 0:
             raise ValueError(
                 f"{type(self).__name__}: in_channels and num_layers must be non-empty and of equal length, "
                 f"got {in_channels} and {num_layers}"
             )
 
-        self.grad_checkpointing = False
-        self.grad_checkpointing_segments: Optional[int] = None
-        self.grad_checkpointing_preserve_rng_state = True
-        self.grad_checkpointing_use_reentrant = False
-        self._grad_checkpointing_blocks: tuple[nn.Module, ...] = ()
+        self._init_grad_checkpointing()
 
         self.stem = Conv2dNormActivation(
             self.input_channels,
@@ -154,74 +153,6 @@ class ConvNeXtNet(DetectorBackbone, PreTrainEncoder, MaskedTokenRetentionMixin):
         conv: nn.Conv2d = self.stem[0]
         return conv
 
-    def set_grad_checkpointing(
-        self,
-        enable: bool = True,
-        *,
-        segments: Optional[int] = None,
-        preserve_rng_state: bool = True,
-        use_reentrant: bool = False,
-    ) -> None:
-        if enable is True:
-            logger.debug(
-                f"Enabling gradient checkpointing: segments={segments}, "
-                f"preserve_rng_state={preserve_rng_state}, use_reentrant={use_reentrant}"
-            )
-        else:
-            logger.debug("Disabling gradient checkpointing")
-
-        self.grad_checkpointing = enable
-        self.grad_checkpointing_segments = segments
-        self.grad_checkpointing_preserve_rng_state = preserve_rng_state
-        self.grad_checkpointing_use_reentrant = use_reentrant
-        if enable is True:
-            self._grad_checkpointing_blocks = tuple(block for stage in self.body for block in stage.children())
-        else:
-            self._grad_checkpointing_blocks = ()
-
-    def _run_body(self, x: torch.Tensor) -> torch.Tensor:
-        """All stages, checkpointed block by block (or in ``segments`` groups) when enabled and training."""
-
-        if self.grad_checkpointing is True and torch.is_grad_enabled() is True and not torch.jit.is_scripting():
-            blocks: Sequence[nn.Module] = self._grad_checkpointing_blocks
-            segments = len(blocks)
-            if self.grad_checkpointing_segments is not None:
-                segments = min(self.grad_checkpointing_segments, segments)
-
-            out: torch.Tensor = checkpoint_sequential(
-                blocks,  # type: ignore[arg-type]
-                segments,
-                x,
-                use_reentrant=self.grad_checkpointing_use_reentrant,
-                preserve_rng_state=self.grad_checkpointing_preserve_rng_state,
-            )
-            return out
-
-        out = self.body(x)
-        return out
-
-    def detection_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self.stem(x)
-        out = {}
-        for name, module in self.body.named_children():
-            x = module(x)
-            if name in self.return_stages:
-                out[name] = x
-
-        return out
-
-    def freeze_stages(self, up_to_stage: int) -> None:
-        """Freeze the stem and the first ``up_to_stage`` stages."""
-
-        for param in self.stem.parameters():
-            param.requires_grad_(False)
-
-        for idx, module in enumerate(self.body.children()):
-            if idx >= up_to_stage:
-                break
-            for param in module.parameters():
-                param.requires_grad_(False)
-
     def masked_encoding_retention(
         self,
         x: torch.Tensor,
@@ -233,19 +164,11 @@ class ConvNeXtNet(DetectorBackbone, PreTrainEncoder, MaskedTokenRetentionMixin):
 
         x = self.stem(x)
         x = mask_tensor(x, mask, patch_factor=self.max_stride // self.stem_stride, mask_token=mask_token)
-        x = self._run_body(x)
-
-        result: TokenRetentionResultType = {}
-        if return_keys in ("all", "features"):
-            result["features"] = x
-        if return_keys in ("all", "embedding"):
-            result["embedding"] = self.features(x)
-
-        return result
+        return self._retention_result(self._forward_body(x), return_keys)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
-        return self._run_body(x)
+        return self._forward_body(x)
 
     def embedding_from_features(self, features: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.features(features)

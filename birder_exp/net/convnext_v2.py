@@ -7,10 +7,10 @@ from typing import Optional
 
 import torch
 from torch import nn
-from torchvision.ops import Permute
 from torchvision.ops import StochasticDepth
 
 from birder_exp.net.convnext_v1 import ConvNeXtNet
+from birder_exp.net.convnext_v1 import inverted_bottleneck
 
 
 class GRN(nn.Module):
@@ -33,16 +33,7 @@ class ConvNeXtBlock(nn.Module):
 
     def __init__(self, channels: int, stochastic_depth_prob: float) -> None:
         super().__init__()
-        self.block = nn.Sequential(
-            nn.Conv2d(channels, channels, kernel_size=(7, 7), stride=(1, 1), padding=(3, 3), groups=channels),
-            Permute([0, 2, 3, 1]),
-            nn.LayerNorm(channels, eps=1e-6),
-            nn.Linear(channels, 4 * channels),
-            nn.GELU(),
-            GRN(4 * channels),
-            nn.Linear(4 * channels, channels),
-            Permute([0, 3, 1, 2]),
-        )
+        self.block = inverted_bottleneck(channels, hidden_norm=GRN)
         self.stochastic_depth = StochasticDepth(stochastic_depth_prob, mode="row")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

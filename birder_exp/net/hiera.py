@@ -4,12 +4,14 @@ Paper "Hiera: A Hierarchical Vision Transformer without the Bells-and-Whistles",
 AbsWin position embedding from "Window Attention is Bugged: How not to Interpolate Position Embeddings",
 https://arxiv.org/abs/2311.05613. Two-dimensional inputs only, as in Birder.
 
-The stem and the block-level gradient checkpointing defined here are shared with ``birder_exp.net.hieradet``.
+The stem defined here is shared with ``birder_exp.net.hieradet``; block-level gradient checkpointing
+(``BlockCheckpointing``, re-exported here) lives in ``birder_exp.net.base``.
 """
 
 import logging
 import math
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 from typing import ClassVar
 from typing import Literal
@@ -18,7 +20,6 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint_sequential
 from torchvision.ops import MLP
 from torchvision.ops import StochasticDepth
 
@@ -27,13 +28,28 @@ from birder_exp.layers.attention_pool import EfficientProbing
 from birder_exp.layers.attention_pool import MultiHeadAttentionPool
 from birder_exp.layers.masking import mask_from_indices
 from birder_exp.layers.patch_embed import adjust_position_embedding
+from birder_exp.net.base import BlockCheckpointing
 from birder_exp.net.base import DetectorBackbone
 from birder_exp.net.base import MaskedTokenOmissionMixin
 from birder_exp.net.base import PreTrainEncoder
+from birder_exp.net.base import StagedBackbone
 from birder_exp.net.base import TokenOmissionResultType
 from birder_exp.net.base import stochastic_depth_rates
 
 logger = logging.getLogger(__name__)
+
+__all__ = [
+    "AvgTokens",
+    "BlockCheckpointing",
+    "Hiera",
+    "HieraBlock",
+    "MaskUnitAttention",
+    "PatchEmbed",
+    "Reroll",
+    "Unroll",
+    "get_resized_mask",
+    "undo_windowing",
+]
 
 Size2d = tuple[int, int]
 
@@ -233,69 +249,7 @@ class HieraBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))  # type: ignore[no-any-return]
 
 
-class BlockCheckpointing:
-    """Mixin: gradient checkpointing over every block of ``self.body`` (a Sequential of stage Sequentials)."""
-
-    body: nn.Sequential
-
-    def _init_grad_checkpointing(self) -> None:
-        self.grad_checkpointing = False
-        self.grad_checkpointing_segments: Optional[int] = None
-        self.grad_checkpointing_preserve_rng_state = True
-        self.grad_checkpointing_use_reentrant = False
-        self._grad_checkpointing_blocks: tuple[nn.Module, ...] = ()
-
-    def set_grad_checkpointing(
-        self,
-        enable: bool = True,
-        *,
-        segments: Optional[int] = None,
-        preserve_rng_state: bool = True,
-        use_reentrant: bool = False,
-    ) -> None:
-        if segments is not None and segments < 1:
-            raise ValueError(f"grad checkpointing segments must be a positive int or None, got {segments}")
-
-        logger.debug(
-            f"Gradient checkpointing {'enabled' if enable else 'disabled'}: segments={segments}, "
-            f"preserve_rng_state={preserve_rng_state}, use_reentrant={use_reentrant}"
-        )
-        self.grad_checkpointing = enable
-        self.grad_checkpointing_segments = segments
-        self.grad_checkpointing_preserve_rng_state = preserve_rng_state
-        self.grad_checkpointing_use_reentrant = use_reentrant
-        if enable is True:
-            self._grad_checkpointing_blocks = tuple(
-                block for stage in self.body.children() for block in stage.children()
-            )
-        else:
-            self._grad_checkpointing_blocks = ()
-
-    def _checkpointing_active(self) -> bool:
-        return self.grad_checkpointing is True and torch.is_grad_enabled() is True
-
-    def _run_checkpointed(self, blocks: tuple[nn.Module, ...], x: torch.Tensor) -> torch.Tensor:
-        num_blocks = len(blocks)
-        segments = num_blocks
-        if self.grad_checkpointing_segments is not None:
-            segments = min(self.grad_checkpointing_segments, num_blocks)
-
-        return checkpoint_sequential(  # type: ignore[no-any-return]
-            blocks,  # type: ignore[arg-type]
-            segments,
-            x,
-            use_reentrant=self.grad_checkpointing_use_reentrant,
-            preserve_rng_state=self.grad_checkpointing_preserve_rng_state,
-        )
-
-    def _forward_body(self, x: torch.Tensor) -> torch.Tensor:
-        if self._checkpointing_active() is True:
-            return self._run_checkpointed(self._grad_checkpointing_blocks, x)
-
-        return self.body(x)  # type: ignore[no-any-return]
-
-
-class Hiera(BlockCheckpointing, DetectorBackbone, PreTrainEncoder, MaskedTokenOmissionMixin):
+class Hiera(BlockCheckpointing, StagedBackbone, DetectorBackbone, PreTrainEncoder, MaskedTokenOmissionMixin):
     scriptable: ClassVar[bool] = False
     block_group_regex = r"body\.stage(\d+)\.(\d+)"
 
@@ -308,8 +262,7 @@ class Hiera(BlockCheckpointing, DetectorBackbone, PreTrainEncoder, MaskedTokenOm
         size: Optional[tuple[int, int]] = None,
     ) -> None:
         super().__init__(input_channels, num_classes, config=config, size=size)
-        if self.config is None:
-            raise ValueError("Hiera needs a config (depths, embed_dim, num_heads, abs_win_pos_embed, drop_path_rate)")
+        cfg = self.require_config("depths", "embed_dim", "num_heads", "abs_win_pos_embed", "drop_path_rate")
 
         image_size = (self.size[0], self.size[1])
         mask_unit_size = (8, 8)
@@ -321,17 +274,17 @@ class Hiera(BlockCheckpointing, DetectorBackbone, PreTrainEncoder, MaskedTokenOm
         dim_mul = 2.0
         head_mul = 2.0
         mlp_ratio = 4.0
-        q_pool: int = self.config.get("q_pool", 3)
-        depths: list[int] = self.config["depths"]
-        embed_dim: int = self.config["embed_dim"]
-        num_heads: int = self.config["num_heads"]
-        abs_win_pos_embed: bool = self.config["abs_win_pos_embed"]
-        attn_pool_head: bool = self.config.get("attn_pool_head", False)
-        attn_pool_type: str = self.config.get("attn_pool_type", "MultiHeadAttentionPool")
-        attn_pool_num_heads: Optional[int] = self.config.get("attn_pool_num_heads", None)
-        attn_pool_act_layer_type: str = self.config.get("attn_pool_act_layer_type", "gelu")
-        drop_path_rate: float = self.config["drop_path_rate"]
-        drop_path_uniform: bool = self.config.get("drop_path_uniform", False)
+        q_pool: int = cfg.get("q_pool", 3)
+        depths: list[int] = cfg["depths"]
+        embed_dim: int = cfg["embed_dim"]
+        num_heads: int = cfg["num_heads"]
+        abs_win_pos_embed: bool = cfg["abs_win_pos_embed"]
+        attn_pool_head: bool = cfg.get("attn_pool_head", False)
+        attn_pool_type: str = cfg.get("attn_pool_type", "MultiHeadAttentionPool")
+        attn_pool_num_heads: Optional[int] = cfg.get("attn_pool_num_heads", None)
+        attn_pool_act_layer_type: str = cfg.get("attn_pool_act_layer_type", "gelu")
+        drop_path_rate: float = cfg["drop_path_rate"]
+        drop_path_uniform: bool = cfg.get("drop_path_uniform", False)
 
         if not 0 <= q_pool < len(depths):
             raise ValueError(f"Hiera: q_pool must be in [0, {len(depths) - 1}] for {len(depths)} stages, got {q_pool}")
@@ -495,19 +448,11 @@ class Hiera(BlockCheckpointing, DetectorBackbone, PreTrainEncoder, MaskedTokenOm
 
         return out
 
-    def freeze_stages(self, up_to_stage: int) -> None:
-        for param in self.stem.parameters():
-            param.requires_grad_(False)
-
-        self.pos_embed.requires_grad_(False)
+    def _stem_parameters(self) -> Iterator[nn.Parameter]:
+        yield from self.stem.parameters()
+        yield self.pos_embed
         if self.pos_embed_win is not None:
-            self.pos_embed_win.requires_grad_(False)
-
-        for idx, module in enumerate(self.body.children()):
-            if idx >= up_to_stage:
-                break
-            for param in module.parameters():
-                param.requires_grad_(False)
+            yield self.pos_embed_win
 
     def _keep_units(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """Drop the tokens of masked mask units; ``keep`` is a (B, #units) bool mask, same count per row."""
@@ -538,15 +483,7 @@ class Hiera(BlockCheckpointing, DetectorBackbone, PreTrainEncoder, MaskedTokenOm
         if keep is not None:
             x = self._keep_units(x, keep)
 
-        x = self._forward_body(x)
-
-        result: TokenOmissionResultType = {}
-        if return_keys in ("all", "tokens"):
-            result["tokens"] = x
-        if return_keys in ("all", "embedding"):
-            result["embedding"] = self.features(x)
-
-        return result
+        return self._omission_result(self._forward_body(x), False, return_keys)
 
     def masked_encoding(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """MAE-Hiera's encoder pass; ``mask`` is (B, #units) with 1 = masked.

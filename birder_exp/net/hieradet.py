@@ -8,6 +8,7 @@ size), a zero entry means global attention, and features are normalised before t
 import copy
 import logging
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 from typing import Literal
 from typing import Optional
@@ -20,12 +21,13 @@ from torchvision.ops import Permute
 from torchvision.ops import StochasticDepth
 
 from birder_exp.layers.masking import mask_tensor
+from birder_exp.net.base import BlockCheckpointing
 from birder_exp.net.base import DetectorBackbone
 from birder_exp.net.base import MaskedTokenRetentionMixin
 from birder_exp.net.base import PreTrainEncoder
+from birder_exp.net.base import StagedBackbone
 from birder_exp.net.base import TokenRetentionResultType
 from birder_exp.net.base import stochastic_depth_rates
-from birder_exp.net.hiera import BlockCheckpointing
 from birder_exp.net.hiera import PatchEmbed
 
 logger = logging.getLogger(__name__)
@@ -156,7 +158,11 @@ def _window_size_for(
     return window_size
 
 
-class HieraDet(BlockCheckpointing, DetectorBackbone, PreTrainEncoder, MaskedTokenRetentionMixin):
+def _to_channels_first(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 3, 1, 2).contiguous()
+
+
+class HieraDet(BlockCheckpointing, StagedBackbone, DetectorBackbone, PreTrainEncoder, MaskedTokenRetentionMixin):
     block_group_regex = r"body\.stage(\d+)\.(\d+)"
 
     def __init__(
@@ -168,11 +174,9 @@ class HieraDet(BlockCheckpointing, DetectorBackbone, PreTrainEncoder, MaskedToke
         size: Optional[tuple[int, int]] = None,
     ) -> None:
         super().__init__(input_channels, num_classes, config=config, size=size)
-        if self.config is None:
-            raise ValueError(
-                "HieraDet needs a config (depths, embed_dim, num_heads, global_pos_size, global_att_blocks, "
-                "window_spec, drop_path_rate)"
-            )
+        cfg = self.require_config(
+            "depths", "embed_dim", "num_heads", "global_pos_size", "global_att_blocks", "window_spec", "drop_path_rate"
+        )
 
         patch_kernel = (7, 7)
         patch_stride = (4, 4)
@@ -181,14 +185,14 @@ class HieraDet(BlockCheckpointing, DetectorBackbone, PreTrainEncoder, MaskedToke
         q_pool = 3
         dim_mul = 2.0
         head_mul = 2.0
-        depths: list[int] = self.config["depths"]
-        embed_dim: int = self.config["embed_dim"]
-        num_heads: int = self.config["num_heads"]
-        global_pos_size: tuple[int, int] = tuple(self.config["global_pos_size"])  # type: ignore[assignment]
-        global_att_blocks: list[int] = self.config["global_att_blocks"]
-        window_spec: list[int] = self.config["window_spec"]
-        drop_path_rate: float = self.config["drop_path_rate"]
-        drop_path_uniform: bool = self.config.get("drop_path_uniform", False)
+        depths: list[int] = cfg["depths"]
+        embed_dim: int = cfg["embed_dim"]
+        num_heads: int = cfg["num_heads"]
+        global_pos_size: tuple[int, int] = tuple(cfg["global_pos_size"])  # type: ignore[assignment]
+        global_att_blocks: list[int] = cfg["global_att_blocks"]
+        window_spec: list[int] = cfg["window_spec"]
+        drop_path_rate: float = cfg["drop_path_rate"]
+        drop_path_uniform: bool = cfg.get("drop_path_uniform", False)
 
         if len(window_spec) != len(depths):
             raise ValueError(f"HieraDet: window_spec needs one entry per stage ({len(depths)}), got {window_spec}")
@@ -275,27 +279,16 @@ class HieraDet(BlockCheckpointing, DetectorBackbone, PreTrainEncoder, MaskedToke
         x = self.stem(x)
         return x + self._get_pos_embed(x)  # type: ignore[no-any-return]
 
-    def detection_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self._embed(x)
-        out = {}
-        for name, module in self.body.named_children():
-            x = module(x)
-            if name in self.return_stages:
-                out[name] = x.permute(0, 3, 1, 2).contiguous()
+    def _detection_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self._embed(x)
 
-        return out
+    def _detection_output(self, x: torch.Tensor) -> torch.Tensor:
+        return _to_channels_first(x)
 
-    def freeze_stages(self, up_to_stage: int) -> None:
-        for param in self.stem.parameters():
-            param.requires_grad_(False)
-
-        self.pos_embed.requires_grad_(False)
-        self.pos_embed_win.requires_grad_(False)
-        for idx, module in enumerate(self.body.children()):
-            if idx >= up_to_stage:
-                break
-            for param in module.parameters():
-                param.requires_grad_(False)
+    def _stem_parameters(self) -> Iterator[nn.Parameter]:
+        yield from self.stem.parameters()
+        yield self.pos_embed
+        yield self.pos_embed_win
 
     def masked_encoding_retention(
         self,
@@ -312,15 +305,7 @@ class HieraDet(BlockCheckpointing, DetectorBackbone, PreTrainEncoder, MaskedToke
             x, mask, channels_last=True, patch_factor=self.max_stride // self.stem_stride, mask_token=mask_token
         )
         x = x + self._get_pos_embed(x)
-        x = self._forward_body(x)
-
-        result: TokenRetentionResultType = {}
-        if return_keys in ("all", "features"):
-            result["features"] = x.permute(0, 3, 1, 2).contiguous()
-        if return_keys in ("all", "embedding"):
-            result["embedding"] = self.features(x)
-
-        return result
+        return self._retention_result(self._forward_body(x), return_keys, to_feature_map=_to_channels_first)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self._forward_body(self._embed(x))

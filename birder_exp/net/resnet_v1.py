@@ -21,9 +21,8 @@ from birder_exp.layers.masking import mask_tensor
 from birder_exp.net.base import DetectorBackbone
 from birder_exp.net.base import MaskedTokenRetentionMixin
 from birder_exp.net.base import PreTrainEncoder
+from birder_exp.net.base import StagedBackbone
 from birder_exp.net.base import TokenRetentionResultType
-
-_REQUIRED_KEYS = ("bottle_neck", "filter_list", "units")
 
 
 def conv_bn(x: torch.Tensor, conv: nn.Module, bn: nn.Module) -> torch.Tensor:
@@ -150,7 +149,7 @@ class ResidualBlock(nn.Module):
         return self.relu(out)
 
 
-class ResNet_v1(DetectorBackbone, PreTrainEncoder, MaskedTokenRetentionMixin):
+class ResNet_v1(StagedBackbone, DetectorBackbone, PreTrainEncoder, MaskedTokenRetentionMixin):
     block_group_regex = r"body\.stage(\d+)\.(\d+)"
 
     def __init__(
@@ -162,19 +161,14 @@ class ResNet_v1(DetectorBackbone, PreTrainEncoder, MaskedTokenRetentionMixin):
         size: Optional[tuple[int, int]] = None,
     ) -> None:
         super().__init__(input_channels, num_classes, config=config, size=size)
-        if self.config is None or any(key not in self.config for key in _REQUIRED_KEYS):
-            raise ValueError(
-                f"{type(self).__name__} needs a config with {', '.join(_REQUIRED_KEYS)} "
-                f"(e.g. register a name with register_model_config), got {self.config!r}"
-            )
-
-        bottle_neck: bool = self.config["bottle_neck"]
-        filter_list: list[int] = list(self.config["filter_list"])
-        units: list[int] = list(self.config["units"])
-        pooling_param: Optional[float] = self.config.get("pooling_param", None)
-        squeeze_excitation: bool = self.config.get("squeeze_excitation", False)
-        deep_stem: bool = self.config.get("deep_stem", False)
-        avg_down: bool = self.config.get("avg_down", False)
+        cfg = self.require_config("bottle_neck", "filter_list", "units")
+        bottle_neck: bool = cfg["bottle_neck"]
+        filter_list: list[int] = list(cfg["filter_list"])
+        units: list[int] = list(cfg["units"])
+        pooling_param: Optional[float] = cfg.get("pooling_param")
+        squeeze_excitation: bool = cfg.get("squeeze_excitation", False)
+        deep_stem: bool = cfg.get("deep_stem", False)
+        avg_down: bool = cfg.get("avg_down", False)
         if len(units) + 1 != len(filter_list):
             raise ValueError(
                 f"{type(self).__name__}: filter_list needs one entry more than units (stem width first), "
@@ -237,27 +231,8 @@ class ResNet_v1(DetectorBackbone, PreTrainEncoder, MaskedTokenRetentionMixin):
 
         return x
 
-    def detection_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self.stem(self._prepare_input(x))
-        out = {}
-        for name, module in self.body.named_children():
-            x = module(x)
-            if name in self.return_stages:
-                out[name] = x
-
-        return out
-
-    def freeze_stages(self, up_to_stage: int) -> None:
-        """Freeze the stem and the first ``up_to_stage`` stages."""
-
-        for param in self.stem.parameters():
-            param.requires_grad_(False)
-
-        for idx, module in enumerate(self.body.children()):
-            if idx >= up_to_stage:
-                break
-            for param in module.parameters():
-                param.requires_grad_(False)
+    def _detection_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stem(self._prepare_input(x))  # type: ignore[no-any-return]
 
     def masked_encoding_retention(
         self,
@@ -270,15 +245,7 @@ class ResNet_v1(DetectorBackbone, PreTrainEncoder, MaskedTokenRetentionMixin):
 
         x = self.stem(self._prepare_input(x))
         x = mask_tensor(x, mask, patch_factor=self.max_stride // self.stem_stride, mask_token=mask_token)
-        x = self.body(x)
-
-        result: TokenRetentionResultType = {}
-        if return_keys in ("all", "features"):
-            result["features"] = x
-        if return_keys in ("all", "embedding"):
-            result["embedding"] = self.features(x)
-
-        return result
+        return self._retention_result(self.body(x), return_keys)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(self._prepare_input(x))
