@@ -1,3 +1,5 @@
+from typing import Optional
+
 import torch
 from torch import nn
 
@@ -24,3 +26,12 @@ class LayerScale2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.mul_(self.gamma) if self.inplace is True else x * self.gamma
+
+
+def layer_scale_or_identity(dim: int, init_value: Optional[float]) -> nn.Module:
+    """A ``LayerScale`` when an initial value is given, else the identity (blocks where layer scale is optional)."""
+
+    if init_value is None:
+        return nn.Identity()
+
+    return LayerScale(dim, init_value)

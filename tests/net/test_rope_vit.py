@@ -12,6 +12,10 @@ from conformance import fixture_names
 from conformance import has_outputs
 from conformance import load_fixture
 from torch import nn
+from vit_checks import GRID
+from vit_checks import SIZE
+from vit_checks import TINY
+from vit_checks import image
 
 from birder_exp.layers.activations import QuickGELU
 from birder_exp.layers.attention_pool import EfficientProbing
@@ -30,25 +34,10 @@ FAMILY = "rope_vit"
 NAMES = fixture_names(FAMILY)
 CATALOGUE = Path(__file__).parents[2] / "birder_exp" / "model_registry" / "catalogue" / "rope_vit.json"
 
-TINY: dict[str, Any] = {
-    "patch_size": 8,
-    "num_layers": 3,
-    "num_heads": 2,
-    "hidden_dim": 32,
-    "mlp_dim": 64,
-    "drop_path_rate": 0.0,
-}
-SIZE = (32, 48)  # 4 x 6 patches
-GRID = (4, 6)
-
 
 def tiny(num_classes: int = 5, size: tuple[int, int] = SIZE, seed: int = 0, **config: Any) -> RoPE_ViT:
     torch.manual_seed(seed)
     return RoPE_ViT(3, num_classes, config={**TINY, **config}, size=size).eval()
-
-
-def image(*shape: int, seed: int = 1) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
 # Birder-exactness
@@ -200,14 +189,14 @@ def test_swiglu_default_mlp_layer() -> None:
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        ({"mlp_layer_type": "MLP"}, "Unknown mlp_layer_type 'MLP'"),
-        ({"norm_layer_type": "BatchNorm"}, "Unknown norm_layer_type 'BatchNorm'"),
-        ({"stem_type": "conv"}, "Unknown stem_type 'conv'"),
+        ({"mlp_layer_type": "MLP"}, "unknown mlp_layer_type 'MLP'"),
+        ({"norm_layer_type": "BatchNorm"}, "unknown norm_layer_type 'BatchNorm'"),
+        ({"stem_type": "conv"}, "unknown stem_type 'conv'"),
         ({"stem_type": "hmlp"}, "requires patch_size=16"),
         ({"stem_norm_layer_type": "BatchNorm2d"}, "only supported with stem_type='hmlp'"),
-        ({"attn_pool_head": True, "attn_pool_type": "Max"}, "Unknown attn_pool_type 'Max'"),
+        ({"attn_pool_head": True, "attn_pool_type": "Max"}, "unknown attn_pool_type 'Max'"),
         ({"mlp_layer_type": "SoftMoE_FFN"}, "soft_moe_num_experts must be set"),
-        ({"pos_embed_interpolation_mode": "nearest"}, "Unknown pos_embed_interpolation_mode 'nearest'"),
+        ({"pos_embed_interpolation_mode": "nearest"}, "unknown pos_embed_interpolation_mode 'nearest'"),
         ({"rope_style": "axial"}, "requires rope_rot_type='interleaved'"),
         ({"num_heads": 5}, "must be divisible by num_heads"),
     ],

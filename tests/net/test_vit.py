@@ -13,6 +13,10 @@ from conformance import fixture_names
 from conformance import has_outputs
 from conformance import load_fixture
 from torch import nn
+from vit_checks import GRID
+from vit_checks import SIZE
+from vit_checks import TINY
+from vit_checks import image
 
 from birder_exp.layers import patch_embed as patch_embed_module
 from birder_exp.layers.activations import QuickGELU
@@ -32,17 +36,6 @@ from birder_exp.net.vit import ViT
 FAMILY = "vit"
 CATALOGUE = Path(__file__).parents[2] / "birder_exp" / "model_registry" / "catalogue" / "vit.json"
 
-TINY: dict[str, Any] = {
-    "patch_size": 8,
-    "num_layers": 3,
-    "num_heads": 2,
-    "hidden_dim": 32,
-    "mlp_dim": 64,
-    "drop_path_rate": 0.0,
-}
-SIZE = (32, 48)  # 4 x 6 patches
-GRID = (4, 6)
-
 
 def tiny(num_classes: int = 5, size: tuple[int, int] = SIZE, seed: int = 0, **config: Any) -> ViT:
     torch.manual_seed(seed)
@@ -52,10 +45,6 @@ def tiny(num_classes: int = 5, size: tuple[int, int] = SIZE, seed: int = 0, **co
             param.add_(0.1 * torch.randn_like(param))
 
     return net.eval()
-
-
-def image(*shape: int, seed: int = 1) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
 
 # Birder-exactness
