@@ -13,6 +13,7 @@ through blocks and gathered per token for masked encoding.
 
 import math
 from collections.abc import Callable
+from typing import Any
 from typing import Literal
 from typing import Optional
 
@@ -372,83 +373,45 @@ class RoPE(nn.Module):
             self.shift_coords is not None or self.jitter_coords is not None or self.rescale_coords is not None
         )
 
+    def _table_options(self, augment: bool) -> dict[str, Any]:
+        """Keyword arguments of the table builders: the grid options, plus coordinate augmentation if asked."""
+
+        options: dict[str, Any] = {
+            "grid_indexing": self.grid_indexing,
+            "grid_offset": self.grid_offset,
+            "pt_grid_size": self.pt_grid_size,
+            "rope_style": self.rope_style,
+        }
+        if augment is True:
+            options["shift_coords"] = self.shift_coords
+            options["jitter_coords"] = self.jitter_coords
+            options["rescale_coords"] = self.rescale_coords
+
+        return options
+
     def _build_pos_embed(
-        self,
-        grid_size: tuple[int, int],
-        shift_coords: Optional[float] = None,
-        jitter_coords: Optional[float] = None,
-        rescale_coords: Optional[float] = None,
-        device: Optional[torch.device] = None,
+        self, grid_size: tuple[int, int], augment: bool = False, device: Optional[torch.device] = None
     ) -> torch.Tensor:
         sin_emb, cos_emb = build_rotary_pos_embed(
-            self.dim,
-            self.temperature,
-            grid_size=grid_size,
-            grid_indexing=self.grid_indexing,
-            grid_offset=self.grid_offset,
-            pt_grid_size=self.pt_grid_size,
-            rope_style=self.rope_style,
-            shift_coords=shift_coords,
-            jitter_coords=jitter_coords,
-            rescale_coords=rescale_coords,
-            device=device,
-        )
-        return torch.concat((sin_emb, cos_emb), dim=-1)
-
-    def _build_batched_pos_embed(
-        self,
-        grid_sizes: torch.Tensor,
-        max_seq_len: int,
-        shift_coords: Optional[float] = None,
-        jitter_coords: Optional[float] = None,
-        rescale_coords: Optional[float] = None,
-    ) -> torch.Tensor:
-        sin_emb, cos_emb = build_batched_rotary_pos_embed(
-            self.dim,
-            self.temperature,
-            grid_sizes,
-            max_seq_len,
-            grid_indexing=self.grid_indexing,
-            grid_offset=self.grid_offset,
-            pt_grid_size=self.pt_grid_size,
-            rope_style=self.rope_style,
-            shift_coords=shift_coords,
-            jitter_coords=jitter_coords,
-            rescale_coords=rescale_coords,
+            self.dim, self.temperature, grid_size=grid_size, device=device, **self._table_options(augment)
         )
         return torch.concat((sin_emb, cos_emb), dim=-1)
 
     def get_pos_embed(self, grid_size: tuple[int, int]) -> torch.Tensor:
         """The table for ``grid_size``: the cached buffer when it fits and no augmentation applies."""
 
-        if self._augmenting is True:
-            table = self._build_pos_embed(
-                grid_size,
-                shift_coords=self.shift_coords,
-                jitter_coords=self.jitter_coords,
-                rescale_coords=self.rescale_coords,
-                device=self.pos_embed.device,
-            )
-        elif tuple(grid_size) == self.grid_size:
+        augment = self._augmenting
+        if augment is False and tuple(grid_size) == self.grid_size:
             return self.pos_embed
-        else:
-            table = self._build_pos_embed(grid_size, device=self.pos_embed.device)
 
+        table = self._build_pos_embed(grid_size, augment=augment, device=self.pos_embed.device)
         return table.to(dtype=self.pos_embed.dtype)
 
     def get_batched_pos_embed(self, grid_sizes: torch.Tensor, max_seq_len: int) -> torch.Tensor:
-        if self._augmenting is True:
-            table = self._build_batched_pos_embed(
-                grid_sizes,
-                max_seq_len,
-                shift_coords=self.shift_coords,
-                jitter_coords=self.jitter_coords,
-                rescale_coords=self.rescale_coords,
-            )
-        else:
-            table = self._build_batched_pos_embed(grid_sizes, max_seq_len)
-
-        return table.to(dtype=self.pos_embed.dtype)
+        sin_emb, cos_emb = build_batched_rotary_pos_embed(
+            self.dim, self.temperature, grid_sizes, max_seq_len, **self._table_options(self._augmenting)
+        )
+        return torch.concat((sin_emb, cos_emb), dim=-1).to(dtype=self.pos_embed.dtype)
 
     def set_grid_size(self, grid_size: tuple[int, int]) -> None:
         grid_size = (grid_size[0], grid_size[1])
