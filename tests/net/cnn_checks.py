@@ -1,13 +1,20 @@
 """Behaviour checks shared by the convnet families' tests (convnext_v1, convnext_v2, resnet_v1).
 
 Each check takes a registered architecture name and builds small inputs so the whole set stays fast.
+``STANDARD_CHECKS`` are the ones every such family runs on its small names (parametrize a test over them).
 """
 
 import copy
+from collections.abc import Callable
 from typing import Any
+from typing import Optional
 
 import torch
+from conformance import check_layout
+from conformance import check_outputs
 from conformance import fill_v1
+from conformance import fixture_names
+from conformance import has_outputs
 from conformance import load_fixture
 from torch import nn
 
@@ -27,9 +34,14 @@ def image(batch: int = 2, channels: int = 3, size: tuple[int, int] = SIZE, seed:
     return torch.randn(batch, channels, *size, generator=torch.Generator().manual_seed(seed))
 
 
-def check_catalogue(family: str, names: list[str]) -> None:
-    """Every fixture of the family is registered with the reference config and size, and nothing else is."""
+def check_catalogue(family: str, names: list[str], count: Optional[int] = None) -> None:
+    """Every fixture of the family is registered with the reference config and size, and nothing else is.
 
+    ``count``: how many fixtures the family must have (they cover every name of it).
+    """
+
+    if count is not None:
+        assert len(names) == count
     listed = [name for name, spec in registry.specs.items() if spec.family == family and spec.builtin]
     assert sorted(listed) == sorted(names)
     for name in names:
@@ -39,6 +51,19 @@ def check_catalogue(family: str, names: list[str]) -> None:
         assert list(spec.default_size) == fixture["default_size"], name
         assert spec.detector_backbone is True and spec.pretrain_encoder is True, name
         assert registry.get_default_size(name) == tuple(fixture["default_size"])
+
+
+def check_listed(family: str, count: int, name: str) -> Any:
+    """The family's fixtures (``count`` of them) are listed; ``name``'s spec is a 224 px detector / pre-train
+    encoder with a config. Returns that spec for family-specific checks."""
+
+    names = registry.list_models(include_filter=f"{family}_*")
+    assert set(fixture_names(family)) <= set(names)
+    assert len(fixture_names(family)) == count
+    spec = registry.get_spec(name)
+    assert spec.config is not None
+    assert spec.default_size == (224, 224) and spec.detector_backbone is True and spec.pretrain_encoder is True
+    return spec
 
 
 def check_custom_variant(net_type: type, name: str, config: dict[str, Any], expected_dim: int) -> None:
@@ -214,3 +239,104 @@ def check_scriptable(name: str) -> None:
     x = image()
     with torch.inference_mode():
         torch.testing.assert_close(scripted(x), net(x))
+
+
+def check_grad_checkpointing(net: nn.Module, segments: int | None) -> None:
+    """A checkpointed training step gives the plain step's outputs and gradients; switching off restores it."""
+
+    x = image()
+    net.train()
+    plain = net(x)
+    plain.sum().backward()
+    grads = {n: p.grad.clone() for n, p in net.named_parameters()}
+    net.zero_grad()
+
+    net.set_grad_checkpointing(segments=segments)
+    assert net.grad_checkpointing is True
+    ckpt = net(x)
+    ckpt.sum().backward()
+    torch.testing.assert_close(ckpt, plain)
+    for n, p in net.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n], msg=n)
+
+    net.set_grad_checkpointing(False)
+    assert net.grad_checkpointing is False
+
+
+def check_gray_input(net: nn.Module, gray: torch.Tensor) -> None:
+    """``net`` (eval) adjusted to one input channel gives on ``gray`` what it gave on (gray, gray, gray)."""
+
+    rgb_out = net(gray.expand(-1, 3, -1, -1))
+    net.adjust_input_channels(1)
+    assert net.input_channels == 1 and net._get_input_conv().in_channels == 1
+    assert torch.allclose(net(gray), rgb_out, atol=1e-5)
+
+
+def check_loads_into(net: nn.Module, fresh: nn.Module, x: torch.Tensor) -> None:
+    """``fresh`` (built for the size ``net`` was adjusted to) takes ``net``'s weights and gives its output."""
+
+    fresh.load_state_dict(net.state_dict())
+    assert torch.allclose(fresh(x), net(x))
+
+
+def check_reset_classifier(net: nn.Module, x: torch.Tensor) -> None:
+    """forward == classify(embedding); a new head changes the output width; no head returns the embedding."""
+
+    assert torch.allclose(net(x), net.classify(net.embedding(x)))
+    assert net.embedding(x).shape == (x.size(0), net.embedding_size)
+    net.reset_classifier(3)
+    assert net(x).shape == (x.size(0), 3)
+    net.reset_classifier(0)
+    assert torch.equal(net(x), net.embedding(x))
+
+
+def check_checkpointed_copy(plain: nn.Module, x: torch.Tensor, segments: int | None = None) -> nn.Module:
+    """A checkpointed copy of ``plain`` (train mode) matches its training step; returns the copy, still on."""
+
+    ckpt = copy.deepcopy(plain)
+    ckpt.set_grad_checkpointing(True, segments=segments)
+    for net in (plain, ckpt):
+        net(x).square().sum().backward()
+
+    assert torch.allclose(plain(x), ckpt(x), atol=1e-6)
+    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
+        assert p.grad is not None and q.grad is not None, name
+        assert torch.allclose(p.grad, q.grad, atol=1e-5, rtol=1e-4), name
+
+    return ckpt
+
+
+def check_meta_build_exact(name: str, size: tuple[int, int]) -> None:
+    """Meta build + assign-load + recompute_buffers gives exactly the normally built net's output."""
+
+    torch.manual_seed(0)
+    reference = registry.net_factory(name, 10, size=size).eval()
+    state = copy.deepcopy(reference.state_dict())
+    with torch.device("meta"):
+        net = registry.net_factory(name, 10, size=size)
+    net.load_state_dict(state, assign=True)
+    net.recompute_buffers(torch.device("cpu"))
+    net.eval()
+    assert not any(t.is_meta for t in [*net.parameters(), *net.buffers()])
+    x = image(size=size)
+    assert torch.equal(net(x), reference(x))
+
+
+def check_fixture(name: str) -> None:
+    """Birder-exactness of one fixture: outputs where recorded, the layout only for structure-only giants."""
+
+    if has_outputs(name) is True:
+        check_outputs(name)
+    else:
+        check_layout(name)
+
+
+STANDARD_CHECKS: dict[str, Callable[[str], None]] = {
+    "detection_features": check_detection_features,
+    "masked_encoding": check_masked_encoding,
+    "adjust_size": check_adjust_size,
+    "adjust_input_channels": check_adjust_input_channels,
+    "classifier_and_embedding": check_classifier_and_embedding,
+    "freeze": check_freeze,
+    "meta_build": check_meta_build,
+}

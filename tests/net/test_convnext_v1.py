@@ -1,24 +1,19 @@
 """ConvNeXt v1: Birder-exact on every registered name, plus the behaviour users rely on."""
 
+from collections.abc import Callable
+
 import pytest
 import torch
+from cnn_checks import STANDARD_CHECKS
 from cnn_checks import build
-from cnn_checks import check_adjust_input_channels
-from cnn_checks import check_adjust_size
 from cnn_checks import check_bad_config
 from cnn_checks import check_catalogue
-from cnn_checks import check_classifier_and_embedding
 from cnn_checks import check_custom_variant
-from cnn_checks import check_detection_features
-from cnn_checks import check_freeze
-from cnn_checks import check_masked_encoding
-from cnn_checks import check_meta_build
+from cnn_checks import check_fixture
+from cnn_checks import check_grad_checkpointing
 from cnn_checks import check_scriptable
 from cnn_checks import image
-from conformance import check_layout
-from conformance import check_outputs
 from conformance import fixture_names
-from conformance import has_outputs
 
 from birder_exp.net.convnext_v1 import ConvNeXt_v1
 from birder_exp.net.convnext_v1 import ConvNeXtBlock
@@ -28,20 +23,13 @@ SMALL = "convnext_v1_atto"
 TINY_CONFIG = {"in_channels": [8, 16, 24, 32], "num_layers": [1, 1, 2, 1], "drop_path_rate": 0.1}
 
 
-def test_fixtures_cover_the_family() -> None:
-    assert len(NAMES) == 10
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_birder_exact(name: str) -> None:
-    if has_outputs(name):
-        check_outputs(name)
-    else:
-        check_layout(name)
+    check_fixture(name)
 
 
 def test_catalogue() -> None:
-    check_catalogue("convnext_v1", NAMES)
+    check_catalogue("convnext_v1", NAMES, count=10)
 
 
 @pytest.mark.usefixtures("clean_registry")
@@ -55,14 +43,13 @@ def test_bad_config() -> None:
         ConvNeXt_v1(3, 10, config={"in_channels": [8, 16], "num_layers": [1], "drop_path_rate": 0.0})
 
 
-def test_detection_features() -> None:
-    check_detection_features(SMALL)
-    net = build(SMALL)
-    assert net.return_channels == [40, 80, 160, 320]
+@pytest.mark.parametrize("check", STANDARD_CHECKS.values(), ids=STANDARD_CHECKS.keys())
+def test_standard_behaviour(check: Callable[[str], None]) -> None:
+    check(SMALL)
 
 
-def test_masked_encoding_retention() -> None:
-    check_masked_encoding(SMALL)
+def test_return_channels() -> None:
+    assert build(SMALL).return_channels == [40, 80, 160, 320]
 
 
 def test_masked_cells_ignore_their_pixels() -> None:
@@ -88,26 +75,6 @@ def test_pretrain_encoder_attributes() -> None:
     assert block.stochastic_depth.p == 0.0
     x = torch.randn(2, 512, 2, 3)
     assert block(x).shape == x.shape
-
-
-def test_adjust_size() -> None:
-    check_adjust_size(SMALL)
-
-
-def test_adjust_input_channels() -> None:
-    check_adjust_input_channels(SMALL)
-
-
-def test_classifier_and_embedding() -> None:
-    check_classifier_and_embedding(SMALL)
-
-
-def test_freeze() -> None:
-    check_freeze(SMALL)
-
-
-def test_meta_build() -> None:
-    check_meta_build(SMALL)
 
 
 def test_layer_scale_init() -> None:
@@ -145,24 +112,7 @@ def test_train_mode_drop_path() -> None:
 
 @pytest.mark.parametrize("segments", [None, 2])
 def test_gradient_checkpointing(segments: int | None) -> None:
-    net = ConvNeXt_v1(3, 10, config={**TINY_CONFIG, "drop_path_rate": 0.0})
-    x = image()
-    net.train()
-    plain = net(x)
-    plain.sum().backward()
-    grads = {n: p.grad.clone() for n, p in net.named_parameters()}
-    net.zero_grad()
-
-    net.set_grad_checkpointing(segments=segments)
-    assert net.grad_checkpointing is True
-    ckpt = net(x)
-    ckpt.sum().backward()
-    torch.testing.assert_close(ckpt, plain)
-    for n, p in net.named_parameters():
-        torch.testing.assert_close(p.grad, grads[n], msg=n)
-
-    net.set_grad_checkpointing(False)
-    assert net.grad_checkpointing is False
+    check_grad_checkpointing(ConvNeXt_v1(3, 10, config={**TINY_CONFIG, "drop_path_rate": 0.0}), segments)
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning", "ignore:The TorchScript type system:UserWarning")

@@ -1,24 +1,19 @@
 """ConvNeXt v2: Birder-exact on every registered name, GRN, and the FCMAE encoder interface."""
 
+from collections.abc import Callable
+
 import pytest
 import torch
+from cnn_checks import STANDARD_CHECKS
 from cnn_checks import build
-from cnn_checks import check_adjust_input_channels
-from cnn_checks import check_adjust_size
 from cnn_checks import check_bad_config
 from cnn_checks import check_catalogue
-from cnn_checks import check_classifier_and_embedding
 from cnn_checks import check_custom_variant
-from cnn_checks import check_detection_features
-from cnn_checks import check_freeze
-from cnn_checks import check_masked_encoding
-from cnn_checks import check_meta_build
+from cnn_checks import check_fixture
+from cnn_checks import check_grad_checkpointing
 from cnn_checks import check_scriptable
 from cnn_checks import image
-from conformance import check_layout
-from conformance import check_outputs
 from conformance import fixture_names
-from conformance import has_outputs
 
 from birder_exp.model_registry import registry
 from birder_exp.net.convnext_v1 import ConvNeXtNet
@@ -31,20 +26,13 @@ SMALL = "convnext_v2_atto"
 TINY_CONFIG = {"in_channels": [8, 16, 24, 32], "num_layers": [1, 1, 2, 1], "drop_path_rate": 0.0}
 
 
-def test_fixtures_cover_the_family() -> None:
-    assert len(NAMES) == 10
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_birder_exact(name: str) -> None:
-    if has_outputs(name):
-        check_outputs(name)
-    else:
-        check_layout(name)
+    check_fixture(name)
 
 
 def test_catalogue() -> None:
-    check_catalogue("convnext_v2", NAMES)
+    check_catalogue("convnext_v2", NAMES, count=10)
 
 
 @pytest.mark.usefixtures("clean_registry")
@@ -93,15 +81,15 @@ def test_classifier_init_is_scaled_down() -> None:
     assert not any(isinstance(m, GRN) for m in net.features.modules())
 
 
-def test_detection_features() -> None:
-    check_detection_features(SMALL)
+@pytest.mark.parametrize("check", STANDARD_CHECKS.values(), ids=STANDARD_CHECKS.keys())
+def test_standard_behaviour(check: Callable[[str], None]) -> None:
+    check(SMALL)
+
+
+def test_return_channels() -> None:
     tiny = registry.net_factory("convnext_v2_tiny", 10)
     assert tiny.return_channels == [96, 192, 384, 768]
     assert tiny.return_stages == ["stage1", "stage2", "stage3", "stage4"]
-
-
-def test_masked_encoding_retention() -> None:
-    check_masked_encoding(SMALL)
 
 
 def test_fcmae_usage() -> None:
@@ -128,45 +116,13 @@ def test_fcmae_usage() -> None:
     assert encoder.stem[0].weight.grad is not None
 
 
-def test_adjust_size() -> None:
-    check_adjust_size(SMALL)
-
-
-def test_adjust_input_channels() -> None:
-    check_adjust_input_channels(SMALL)
-
-
-def test_classifier_and_embedding() -> None:
-    check_classifier_and_embedding(SMALL)
-
-
-def test_freeze() -> None:
-    check_freeze(SMALL)
-
-
-def test_meta_build() -> None:
-    check_meta_build(SMALL)
-
-
 def test_gradient_checkpointing() -> None:
     net = ConvNeXt_v2(3, 10, config=TINY_CONFIG)
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, GRN):
                 m.gamma.normal_()
-    x = image()
-    net.train()
-    plain = net(x)
-    plain.sum().backward()
-    grads = {n: p.grad.clone() for n, p in net.named_parameters()}
-    net.zero_grad()
-
-    net.set_grad_checkpointing(segments=3)
-    ckpt = net(x)
-    ckpt.sum().backward()
-    torch.testing.assert_close(ckpt, plain)
-    for n, p in net.named_parameters():
-        torch.testing.assert_close(p.grad, grads[n], msg=n)
+    check_grad_checkpointing(net, segments=3)
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning", "ignore:The TorchScript type system:UserWarning")

@@ -1,13 +1,16 @@
-import copy
 import math
 from typing import Any
 
 import pytest
 import torch
-from conformance import check_layout
-from conformance import check_outputs
+from cnn_checks import check_checkpointed_copy
+from cnn_checks import check_fixture
+from cnn_checks import check_gray_input
+from cnn_checks import check_listed
+from cnn_checks import check_loads_into
+from cnn_checks import check_meta_build_exact
+from cnn_checks import check_reset_classifier
 from conformance import fixture_names
-from conformance import has_outputs
 
 from birder_exp.model_registry import registry
 from birder_exp.net.hiera import Hiera
@@ -33,19 +36,11 @@ def image(batch: int = 2, size: tuple[int, int] = SIZE, channels: int = 3, seed:
 
 @pytest.mark.parametrize("name", fixture_names("hiera"))
 def test_birder_exact(name: str) -> None:
-    if has_outputs(name) is True:
-        check_outputs(name)
-    else:
-        check_layout(name)
+    check_fixture(name)
 
 
 def test_every_reference_name_is_listed() -> None:
-    names = registry.list_models(include_filter="hiera_*")
-    assert set(fixture_names("hiera")) <= set(names)
-    assert len(fixture_names("hiera")) == 13
-    spec = registry.get_spec("hiera_abswin_base_plus_ap")
-    assert spec.config is not None and spec.config["attn_pool_head"] is True
-    assert spec.default_size == (224, 224) and spec.detector_backbone is True and spec.pretrain_encoder is True
+    assert check_listed("hiera", 13, "hiera_abswin_base_plus_ap").config["attn_pool_head"] is True
 
 
 @pytest.mark.usefixtures("clean_registry")
@@ -132,29 +127,12 @@ def test_adjust_size_loads_into_a_net_built_at_the_new_size() -> None:
         assert out["stage1"].shape == (2, 16, 24, 32) and out["stage4"].shape == (2, 128, 3, 4)
         assert net(image(size=(96, 128))).shape == (2, 10)
 
-        fresh = small_hiera(abswin, size=(96, 128))
-        fresh.load_state_dict(net.state_dict())
-        assert torch.allclose(fresh(image(size=(96, 128))), net(image(size=(96, 128))))
+        check_loads_into(net, small_hiera(abswin, size=(96, 128)), image(size=(96, 128)))
 
 
-def test_adjust_input_channels_sums_rgb_filters() -> None:
-    net = small_hiera()
-    gray = image(channels=1)
-    rgb_out = net(gray.expand(-1, 3, -1, -1))
-    net.adjust_input_channels(1)
-    assert net.input_channels == 1 and net.stem.proj.in_channels == 1
-    assert torch.allclose(net(gray), rgb_out, atol=1e-5)
-
-
-def test_reset_classifier_and_embedding_classify() -> None:
-    net = small_hiera()
-    x = image()
-    assert torch.allclose(net(x), net.classify(net.embedding(x)))
-    assert net.embedding(x).shape == (2, net.embedding_size)
-    net.reset_classifier(3)
-    assert net(x).shape == (2, 3)
-    net.reset_classifier(0)
-    assert torch.equal(net(x), net.embedding(x))
+def test_input_channels_and_classifier() -> None:
+    check_gray_input(small_hiera(), image(channels=1))
+    check_reset_classifier(small_hiera(), image())
 
 
 @pytest.mark.parametrize("pool_type", ["MultiHeadAttentionPool", "EfficientProbing"])
@@ -174,15 +152,7 @@ def test_bad_config_is_reported() -> None:
 def test_grad_checkpointing_matches_plain_training_step() -> None:
     x = image()
     plain = small_hiera().train()
-    ckpt = copy.deepcopy(plain)
-    ckpt.set_grad_checkpointing(True, segments=2)
-    for net in (plain, ckpt):
-        net(x).square().sum().backward()
-
-    assert torch.allclose(plain(x), ckpt(x), atol=1e-6)
-    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
-        assert p.grad is not None and q.grad is not None, name
-        assert torch.allclose(p.grad, q.grad, atol=1e-5, rtol=1e-4), name
+    ckpt = check_checkpointed_copy(plain, x, segments=2)
 
     # MAE-Hiera's pass checkpoints stage by stage
     mask = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 1.0, 0.0]])
@@ -202,17 +172,7 @@ def test_dynamic_size_is_refused() -> None:
 
 
 def test_meta_build_assign_load_equals_normal_build() -> None:
-    torch.manual_seed(0)
-    reference = registry.net_factory("hiera_abswin_tiny", 10, size=SIZE).eval()
-    state = copy.deepcopy(reference.state_dict())
-    with torch.device("meta"):
-        net = registry.net_factory("hiera_abswin_tiny", 10, size=SIZE)
-    net.load_state_dict(state, assign=True)
-    net.recompute_buffers(torch.device("cpu"))
-    net.eval()
-    assert not any(t.is_meta for t in [*net.parameters(), *net.buffers()])
-    x = image()
-    assert torch.equal(net(x), reference(x))
+    check_meta_build_exact("hiera_abswin_tiny", SIZE)
 
 
 def test_freeze_stages() -> None:

@@ -3,10 +3,14 @@ from typing import Any
 
 import pytest
 import torch
-from conformance import check_layout
-from conformance import check_outputs
+from cnn_checks import check_checkpointed_copy
+from cnn_checks import check_fixture
+from cnn_checks import check_gray_input
+from cnn_checks import check_listed
+from cnn_checks import check_loads_into
+from cnn_checks import check_meta_build_exact
+from cnn_checks import check_reset_classifier
 from conformance import fixture_names
-from conformance import has_outputs
 
 from birder_exp.model_registry import registry
 from birder_exp.net.hiera import Hiera
@@ -48,19 +52,11 @@ def window_sizes(net: HieraDet) -> list[int]:
 
 @pytest.mark.parametrize("name", fixture_names("hieradet"))
 def test_birder_exact(name: str) -> None:
-    if has_outputs(name) is True:
-        check_outputs(name)
-    else:
-        check_layout(name)
+    check_fixture(name)
 
 
 def test_every_reference_name_is_listed() -> None:
-    names = registry.list_models(include_filter="hieradet_*")
-    assert set(fixture_names("hieradet")) <= set(names)
-    assert len(fixture_names("hieradet")) == 10
-    spec = registry.get_spec("hieradet_d_small")
-    assert spec.config is not None and spec.config["window_spec"] == [8, 4, 0, 0]
-    assert spec.default_size == (224, 224) and spec.detector_backbone is True and spec.pretrain_encoder is True
+    assert check_listed("hieradet", 10, "hieradet_d_small").config["window_spec"] == [8, 4, 0, 0]
 
 
 def test_window_partition_round_trip_with_padding() -> None:
@@ -151,55 +147,20 @@ def test_adjust_size_recomputes_size_following_windows() -> None:
 
     fresh = small_hieradet(size=(128, 160), window_spec=[4, -8, -16, 1])
     assert window_sizes(fresh) == window_sizes(net)
-    fresh.load_state_dict(net.state_dict())
-    assert torch.allclose(fresh(image(size=(128, 160))), net(image(size=(128, 160))))
+    check_loads_into(net, fresh, image(size=(128, 160)))
 
 
-def test_adjust_input_channels_sums_rgb_filters() -> None:
-    net = small_hieradet()
-    gray = image(channels=1)
-    rgb_out = net(gray.expand(-1, 3, -1, -1))
-    net.adjust_input_channels(1)
-    assert net.input_channels == 1 and net.stem.proj.in_channels == 1
-    assert torch.allclose(net(gray), rgb_out, atol=1e-5)
-
-
-def test_reset_classifier_and_embedding_classify() -> None:
-    net = small_hieradet()
-    x = image()
-    assert torch.allclose(net(x), net.classify(net.embedding(x)))
-    net.reset_classifier(4)
-    assert net(x).shape == (2, 4)
-    net.reset_classifier(0)
-    assert torch.equal(net(x), net.embedding(x))
+def test_input_channels_and_classifier() -> None:
+    check_gray_input(small_hieradet(), image(channels=1))
+    check_reset_classifier(small_hieradet(), image())
 
 
 def test_grad_checkpointing_matches_plain_training_step() -> None:
-    x = image()
-    plain = small_hieradet().train()
-    ckpt = copy.deepcopy(plain)
-    ckpt.set_grad_checkpointing(True)
-    for net in (plain, ckpt):
-        net(x).square().sum().backward()
-
-    assert torch.allclose(plain(x), ckpt(x), atol=1e-6)
-    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
-        assert p.grad is not None and q.grad is not None, name
-        assert torch.allclose(p.grad, q.grad, atol=1e-5, rtol=1e-4), name
+    check_checkpointed_copy(small_hieradet().train(), image())
 
 
 def test_meta_build_assign_load_equals_normal_build() -> None:
-    torch.manual_seed(0)
-    reference = registry.net_factory("hieradet_d_tiny", 10, size=SIZE).eval()
-    state = copy.deepcopy(reference.state_dict())
-    with torch.device("meta"):
-        net = registry.net_factory("hieradet_d_tiny", 10, size=SIZE)
-    net.load_state_dict(state, assign=True)
-    net.recompute_buffers(torch.device("cpu"))
-    net.eval()
-    assert not any(t.is_meta for t in [*net.parameters(), *net.buffers()])
-    x = image()
-    assert torch.equal(net(x), reference(x))
+    check_meta_build_exact("hieradet_d_tiny", SIZE)
 
 
 def test_load_hiera_weights() -> None:

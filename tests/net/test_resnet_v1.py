@@ -1,24 +1,18 @@
 """ResNet v1 (with SE and ResNet-D options): Birder-exact on every registered name, plus user-facing behaviour."""
 
+from collections.abc import Callable
+
 import pytest
 import torch
+from cnn_checks import STANDARD_CHECKS
 from cnn_checks import build
-from cnn_checks import check_adjust_input_channels
-from cnn_checks import check_adjust_size
 from cnn_checks import check_bad_config
 from cnn_checks import check_catalogue
-from cnn_checks import check_classifier_and_embedding
 from cnn_checks import check_custom_variant
-from cnn_checks import check_detection_features
-from cnn_checks import check_freeze
-from cnn_checks import check_masked_encoding
-from cnn_checks import check_meta_build
+from cnn_checks import check_fixture
 from cnn_checks import check_scriptable
 from cnn_checks import image
-from conformance import check_layout
-from conformance import check_outputs
 from conformance import fixture_names
-from conformance import has_outputs
 from torch import nn
 
 from birder_exp.layers import FixedGeMPool2d
@@ -29,20 +23,13 @@ SMALL = ["resnet_v1_18", "se_resnet_d_50"]
 TINY_CONFIG = {"bottle_neck": True, "filter_list": [8, 16, 32, 48, 64], "units": [1, 2, 1, 1]}
 
 
-def test_fixtures_cover_the_family() -> None:
-    assert len(NAMES) == 23
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_birder_exact(name: str) -> None:
-    if has_outputs(name):
-        check_outputs(name)
-    else:
-        check_layout(name)
+    check_fixture(name)
 
 
 def test_catalogue() -> None:
-    check_catalogue("resnet_v1", NAMES)
+    check_catalogue("resnet_v1", NAMES, count=23)
 
 
 @pytest.mark.usefixtures("clean_registry")
@@ -63,8 +50,9 @@ def test_gem_pooling() -> None:
 
 
 @pytest.mark.parametrize("name", SMALL)
-def test_detection_features(name: str) -> None:
-    check_detection_features(name)
+@pytest.mark.parametrize("check", STANDARD_CHECKS.values(), ids=STANDARD_CHECKS.keys())
+def test_standard_behaviour(check: Callable[[str], None], name: str) -> None:
+    check(name)
 
 
 def test_return_channels() -> None:
@@ -72,38 +60,10 @@ def test_return_channels() -> None:
     assert build("resnet_d_50").return_channels == [256, 512, 1024, 2048]
 
 
-@pytest.mark.parametrize("name", SMALL)
-def test_masked_encoding_retention(name: str) -> None:
-    check_masked_encoding(name)
-
-
 def test_pretrain_encoder_attributes() -> None:
     net = build("resnet_v1_18")
     assert (net.stem_stride, net.stem_width, net.max_stride, net.feature_dim) == (4, 64, 32, 512)
     assert not hasattr(net, "decoder_block")  # As in Birder: no FCMAE decoder block for ResNets
-
-
-@pytest.mark.parametrize("name", SMALL)
-def test_adjust_size(name: str) -> None:
-    check_adjust_size(name)
-
-
-@pytest.mark.parametrize("name", SMALL)
-def test_adjust_input_channels(name: str) -> None:
-    check_adjust_input_channels(name)
-
-
-def test_classifier_and_embedding() -> None:
-    check_classifier_and_embedding("resnet_v1_18")
-
-
-def test_freeze() -> None:
-    check_freeze("resnet_v1_18")
-
-
-@pytest.mark.parametrize("name", SMALL)
-def test_meta_build(name: str) -> None:
-    check_meta_build(name)
 
 
 def test_no_gradient_checkpointing() -> None:
