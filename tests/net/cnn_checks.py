@@ -21,6 +21,13 @@ from torch import nn
 from birder_exp.model_registry import registry
 
 SIZE = (64, 96)  # Non-square, multiple of 32
+HIERA_SMALL: dict[str, Any] = {  # A small Hiera (its tests, and HieraDet's loading of Hiera weights)
+    "depths": [1, 2, 2, 1],
+    "embed_dim": 16,
+    "num_heads": 1,
+    "abs_win_pos_embed": False,
+    "drop_path_rate": 0.0,
+}
 
 
 def build(name: str, num_classes: int = 10, **kwargs: Any) -> nn.Module:

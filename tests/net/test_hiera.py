@@ -3,6 +3,7 @@ from typing import Any
 
 import pytest
 import torch
+from cnn_checks import HIERA_SMALL
 from cnn_checks import check_checkpointed_copy
 from cnn_checks import check_fixture
 from cnn_checks import check_gray_input
@@ -15,13 +16,7 @@ from conformance import fixture_names
 from birder_exp.model_registry import registry
 from birder_exp.net.hiera import Hiera
 
-SMALL: dict[str, Any] = {
-    "depths": [1, 2, 2, 1],
-    "embed_dim": 16,
-    "num_heads": 1,
-    "abs_win_pos_embed": False,
-    "drop_path_rate": 0.0,
-}
+SMALL = HIERA_SMALL
 SIZE = (64, 64)
 
 

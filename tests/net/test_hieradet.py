@@ -3,6 +3,7 @@ from typing import Any
 
 import pytest
 import torch
+from cnn_checks import HIERA_SMALL
 from cnn_checks import check_checkpointed_copy
 from cnn_checks import check_fixture
 from cnn_checks import check_gray_input
@@ -28,13 +29,7 @@ SMALL: dict[str, Any] = {
     "window_spec": [4, 2, 2, 1],
     "drop_path_rate": 0.0,
 }
-SMALL_HIERA: dict[str, Any] = {
-    "depths": [1, 2, 2, 1],
-    "embed_dim": 16,
-    "num_heads": 1,
-    "abs_win_pos_embed": False,
-    "drop_path_rate": 0.0,
-}
+SMALL_HIERA = HIERA_SMALL
 SIZE = (64, 64)
 
 
