@@ -23,6 +23,7 @@ from torchvision.ops import StochasticDepth
 
 from birder_exp.layers import LayerScale
 from birder_exp.layers import LayerScale2d
+from birder_exp.layers.attention_bias import relative_position_index
 from birder_exp.net.base import interpolate_attention_bias
 from birder_exp.net.base import staged_stochastic_depth_rates
 from birder_exp.net.staged_convnet import StagedConvNet
@@ -30,18 +31,6 @@ from birder_exp.net.staged_convnet import StagedConvNet
 _REQUIRED_KEYS = ("embed_dims", "depths", "num_vit", "drop_path_rate")
 _LAYER_SCALE = 1e-5
 _MLP_RATIO = 4.0
-
-
-def relative_position_index(resolution: tuple[int, int], device: Optional[torch.device] = None) -> torch.Tensor:
-    """Index of the bias of each (query, key) pair: |dy| * width + |dx| over the flattened grid."""
-
-    pos = torch.stack(
-        torch.meshgrid(
-            torch.arange(resolution[0], device=device), torch.arange(resolution[1], device=device), indexing="ij"
-        )
-    ).flatten(1)
-    rel_pos = (pos[..., :, None] - pos[..., None, :]).abs()
-    return (rel_pos[0] * resolution[1]) + rel_pos[1]
 
 
 class Attention(nn.Module):
