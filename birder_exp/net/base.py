@@ -629,3 +629,25 @@ def interpolate_attention_bias(
 
 def reparameterize_available(net: nn.Module) -> bool:
     return hasattr(net, "reparameterize_model")
+
+
+def trunc_normal_init_(
+    root: nn.Module,
+    layer_types: tuple[type[nn.Module], ...] = (nn.Linear,),
+    reset_layer_norm: bool = False,
+    std: float = 0.02,
+) -> None:
+    """The usual transformer init in one module walk: truncated normal weights and zero biases for
+    ``layer_types``, and (with ``reset_layer_norm``) unit-weight zero-bias LayerNorms; the random draws happen
+    in module order, as the families' own loops did."""
+
+    for m in root.modules():
+        if isinstance(m, layer_types):
+            weight: torch.Tensor = m.weight  # type: ignore[assignment]
+            bias: Optional[torch.Tensor] = m.bias  # type: ignore[assignment]
+            nn.init.trunc_normal_(weight, std=std)
+            if bias is not None:
+                nn.init.zeros_(bias)
+        elif reset_layer_norm is True and isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

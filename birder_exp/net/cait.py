@@ -15,7 +15,6 @@ from typing import Optional
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
-from torch.utils.checkpoint import checkpoint_sequential
 from torchvision.ops import MLP
 from torchvision.ops import StochasticDepth
 
@@ -25,6 +24,7 @@ from birder_exp.layers.patch_embed import adjust_position_embedding
 from birder_exp.net.base import MaskedTokenRetentionMixin
 from birder_exp.net.base import PreTrainEncoder
 from birder_exp.net.base import TokenRetentionResultType
+from birder_exp.net.base import trunc_normal_init_
 
 logger = logging.getLogger(__name__)
 
@@ -172,32 +172,25 @@ class CaiT(ClassTokenHead, MaskedTokenRetentionMixin):
         size: Optional[tuple[int, int]] = None,
     ) -> None:
         super().__init__(input_channels, num_classes, config=config, size=size)
-        if self.config is None or any(key not in self.config for key in _REQUIRED_KEYS):
-            raise ValueError(
-                f"{type(self).__name__} needs a config with {', '.join(_REQUIRED_KEYS)} "
-                f"(e.g. register a name with register_model_config), got {self.config!r}"
-            )
+        config = self.require_config(*_REQUIRED_KEYS)
 
         proj_drop = 0.0
         attn_drop = 0.0
         cls_attn_layers = 2
         mlp_ratio = 4.0
         qkv_bias = True
-        patch_size: tuple[int, int] = tuple(self.config.get("patch_size", (16, 16)))  # type: ignore[assignment]
-        embed_dim: int = self.config["embed_dim"]
-        depth: int = self.config["depth"]
-        num_heads: int = self.config["num_heads"]
-        init_values: float = self.config["init_values"]
-        drop_path_rate: float = self.config["drop_path_rate"]
+        patch_size: tuple[int, int] = tuple(config.get("patch_size", (16, 16)))  # type: ignore[assignment]
+        embed_dim: int = config["embed_dim"]
+        depth: int = config["depth"]
+        num_heads: int = config["num_heads"]
+        init_values: float = config["init_values"]
+        drop_path_rate: float = config["drop_path_rate"]
         if embed_dim % num_heads != 0:
             raise ValueError(
                 f"{type(self).__name__}: embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})"
             )
 
-        self.grad_checkpointing = False
-        self.grad_checkpointing_segments: Optional[int] = None
-        self.grad_checkpointing_preserve_rng_state = True
-        self.grad_checkpointing_use_reentrant = False
+        self._init_grad_checkpointing()
 
         self.patch_size = patch_size
         self.patch_embed = PatchEmbed(self.input_channels, embed_dim, patch_size)
@@ -246,14 +239,7 @@ class CaiT(ClassTokenHead, MaskedTokenRetentionMixin):
         self.stem_width = embed_dim
         self.feature_dim = embed_dim
 
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.zeros_(m.bias)
-                nn.init.ones_(m.weight)
+        trunc_normal_init_(self, reset_layer_norm=True)
 
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         nn.init.trunc_normal_(self.cls_token, std=0.02)
@@ -261,38 +247,12 @@ class CaiT(ClassTokenHead, MaskedTokenRetentionMixin):
     def _get_input_conv(self) -> nn.Conv2d:
         return self.patch_embed.proj
 
-    def set_grad_checkpointing(
-        self,
-        enable: bool = True,
-        *,
-        segments: Optional[int] = None,
-        preserve_rng_state: bool = True,
-        use_reentrant: bool = False,
-    ) -> None:
-        logger.debug(
-            f"Gradient checkpointing: enable={enable}, segments={segments}, "
-            f"preserve_rng_state={preserve_rng_state}, use_reentrant={use_reentrant}"
-        )
-        self.grad_checkpointing = enable
-        self.grad_checkpointing_segments = segments
-        self.grad_checkpointing_preserve_rng_state = preserve_rng_state
-        self.grad_checkpointing_use_reentrant = use_reentrant
-
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         """Patch tokens (position embedding added) -> block1 -> class attention -> norm, as [cls, patches]."""
 
         x = x + self.pos_embed
         if self.grad_checkpointing is True and torch.is_grad_enabled() is True and not torch.jit.is_scripting():
-            segments = len(self.block1)
-            if self.grad_checkpointing_segments is not None:
-                segments = min(self.grad_checkpointing_segments, segments)
-            x = checkpoint_sequential(
-                self.block1,
-                segments,
-                x,
-                use_reentrant=self.grad_checkpointing_use_reentrant,
-                preserve_rng_state=self.grad_checkpointing_preserve_rng_state,
-            )
+            x = self._run_checkpointed(self.block1, x)
         else:
             x = self.block1(x)
 

@@ -21,6 +21,7 @@ from torchvision.ops import StochasticDepth
 from birder_exp.layers import LayerNorm2d
 from birder_exp.layers.fourier_position import PositionalEncodingFourier
 from birder_exp.net.base import staged_stochastic_depth_rates
+from birder_exp.net.base import trunc_normal_init_
 from birder_exp.net.staged_convnet import StagedConvNet
 from birder_exp.net.xcit import XCA
 
@@ -291,11 +292,7 @@ class EdgeNeXt(StagedConvNet):
         self.stem_width = dims[0]
         self.feature_dim = dims[-1]
 
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        trunc_normal_init_(self, (nn.Conv2d, nn.Linear))
 
     def _get_input_conv(self) -> nn.Conv2d:
         conv = self.stem.get_submodule("0")

@@ -24,6 +24,7 @@ from birder_exp.layers import LayerScale2d
 from birder_exp.layers.mobileone_block import MobileOneBlock
 from birder_exp.layers.reparam_large_kernel import ReparamLargeKernelConv
 from birder_exp.net.base import staged_stochastic_depth_rates
+from birder_exp.net.base import trunc_normal_init_
 from birder_exp.net.staged_convnet import MaskedStagedConvNet
 
 _REQUIRED_KEYS = (
@@ -220,11 +221,7 @@ class ConvMLP(nn.Module):
         self.fc2 = nn.Conv2d(hidden_channels, in_channels, kernel_size=(1, 1), stride=(1, 1), padding=(0, 0))
         self.drop = nn.Dropout(drop)
 
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        trunc_normal_init_(self, (nn.Conv2d,))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.drop(self.act(self.fc1(self.conv(x))))
@@ -507,11 +504,7 @@ class FastViT(MaskedStagedConvNet):
         self.stem_width = embed_dims[0]
         self.feature_dim = embed_dims[-1]
 
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        trunc_normal_init_(self)
 
     @torch.no_grad()  # type: ignore[untyped-decorator]
     def reparameterize_model(self) -> None:

@@ -233,17 +233,13 @@ class PVT_v2(DetectorBackbone, PreTrainEncoder, MaskedTokenRetentionMixin):
         size: Optional[tuple[int, int]] = None,
     ) -> None:
         super().__init__(input_channels, num_classes, config=config, size=size)
-        if self.config is None or any(key not in self.config for key in _REQUIRED_KEYS):
-            raise ValueError(
-                f"{type(self).__name__} needs a config with {', '.join(_REQUIRED_KEYS)} "
-                f"(e.g. register a name with register_model_config), got {self.config!r}"
-            )
+        config = self.require_config(*_REQUIRED_KEYS)
 
-        depths: list[int] = list(self.config["depths"])
-        embed_dims: list[int] = list(self.config["embed_dims"])
-        mlp_ratios: list[float] = list(self.config["mlp_ratios"])
-        linear: bool = self.config["linear"]
-        drop_path_rate: float = self.config["drop_path_rate"]
+        depths: list[int] = list(config["depths"])
+        embed_dims: list[int] = list(config["embed_dims"])
+        mlp_ratios: list[float] = list(config["mlp_ratios"])
+        linear: bool = config["linear"]
+        drop_path_rate: float = config["drop_path_rate"]
         if not len(depths) == len(embed_dims) == len(mlp_ratios) == len(_NUM_HEADS):
             raise ValueError(
                 f"{type(self).__name__}: depths, embed_dims and mlp_ratios need 4 entries each (one per stage), "

@@ -29,6 +29,7 @@ from birder_exp.net.base import MaskedTokenRetentionMixin
 from birder_exp.net.base import TokenRetentionResultType
 from birder_exp.net.base import normalize_out_indices
 from birder_exp.net.base import stochastic_depth_rates
+from birder_exp.net.base import trunc_normal_init_
 from birder_exp.net.cait import ClassTokenHead
 
 _REQUIRED_KEYS = ("patch_size", "embed_dim", "depth", "num_heads", "eta", "tokens_norm", "drop_path_rate")
@@ -198,24 +199,20 @@ class XCiT(DetectorBackbone, ClassTokenHead, MaskedTokenRetentionMixin):
         size: Optional[tuple[int, int]] = None,
     ) -> None:
         super().__init__(input_channels, num_classes, config=config, size=size)
-        if self.config is None or any(key not in self.config for key in _REQUIRED_KEYS):
-            raise ValueError(
-                f"{type(self).__name__} needs a config with {', '.join(_REQUIRED_KEYS)} "
-                f"(e.g. register a name with register_model_config), got {self.config!r}"
-            )
+        config = self.require_config(*_REQUIRED_KEYS)
 
         drop_rate = 0.0
         cls_attn_layers = 2
         mlp_ratio = 4.0
         qkv_bias = True
-        patch_size: Literal[8, 16, 32] = self.config["patch_size"]
-        embed_dim: int = self.config["embed_dim"]
-        depth: int = self.config["depth"]
-        num_heads: int = self.config["num_heads"]
-        eta: float = self.config["eta"]
-        tokens_norm: bool = self.config["tokens_norm"]
-        drop_path_rate: float = self.config["drop_path_rate"]
-        drop_path_uniform: bool = self.config.get("drop_path_uniform", False)
+        patch_size: Literal[8, 16, 32] = config["patch_size"]
+        embed_dim: int = config["embed_dim"]
+        depth: int = config["depth"]
+        num_heads: int = config["num_heads"]
+        eta: float = config["eta"]
+        tokens_norm: bool = config["tokens_norm"]
+        drop_path_rate: float = config["drop_path_rate"]
+        drop_path_uniform: bool = config.get("drop_path_uniform", False)
         if depth not in _STAGE_ENDS:
             raise ValueError(f"{type(self).__name__}: depth must be one of {sorted(_STAGE_ENDS)}, got {depth}")
         if embed_dim % num_heads != 0:
@@ -276,14 +273,7 @@ class XCiT(DetectorBackbone, ClassTokenHead, MaskedTokenRetentionMixin):
         self.feature_dim = embed_dim
 
         nn.init.trunc_normal_(self.cls_token, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        trunc_normal_init_(self, reset_layer_norm=True)
 
     def _get_input_conv(self) -> nn.Conv2d:
         conv = self.patch_embed.proj[0][0]  # type: ignore[index]
