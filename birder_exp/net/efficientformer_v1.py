@@ -26,6 +26,7 @@ from birder_exp.layers import LayerScale2d
 from birder_exp.layers.attention_bias import relative_position_index
 from birder_exp.net.base import interpolate_attention_bias
 from birder_exp.net.base import staged_stochastic_depth_rates
+from birder_exp.net.distilled_head import DistilledHeadNet
 from birder_exp.net.staged_convnet import StagedConvNet
 
 _REQUIRED_KEYS = ("embed_dims", "depths", "num_vit", "drop_path_rate")
@@ -220,7 +221,7 @@ class EfficientFormerStage(nn.Module):
         return self.blocks(self.downsample(x))  # type: ignore[no-any-return]
 
 
-class EfficientFormer_v1(StagedConvNet):
+class EfficientFormer_v1(DistilledHeadNet, StagedConvNet):
     def __init__(
         self,
         input_channels: int,
@@ -279,9 +280,7 @@ class EfficientFormer_v1(StagedConvNet):
         )
         self.return_channels = embed_dims
         self.embedding_size = embed_dims[-1]
-        self.dist_classifier = self.create_classifier()
-        self.classifier = self.create_classifier()
-        self.distillation_output = False
+        self.create_heads()
 
         self.max_stride = 32
         self.stem_stride = 4
@@ -293,28 +292,6 @@ class EfficientFormer_v1(StagedConvNet):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.dist_classifier = self.create_classifier()
-        self.classifier = self.create_classifier()
-
-    def freeze(self, freeze_classifier: bool = True, unfreeze_features: bool = False) -> None:
-        """As the base, with the distillation classifier following the classifier."""
-
-        super().freeze(freeze_classifier=freeze_classifier, unfreeze_features=unfreeze_features)
-        if freeze_classifier is False:
-            for param in self.dist_classifier.parameters():
-                param.requires_grad_(True)
-
-    def strip_for_forward_features(self) -> None:
-        super().strip_for_forward_features()
-        self.dist_classifier = nn.Identity()
-
-    def strip_for_detection_features(self) -> None:
-        self.features = nn.Identity()  # type: ignore[assignment]
-        self.classifier = nn.Identity()
-        self.dist_classifier = nn.Identity()
 
     def detection_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Stage outputs as maps: a stage ending in tokens is folded back onto the grid of the configured size."""
@@ -331,25 +308,6 @@ class EfficientFormer_v1(StagedConvNet):
                     out[name] = x
 
         return out
-
-    def set_distillation_output(self, enable: bool = True) -> None:
-        self.distillation_output = enable
-
-    def classify(self, x: torch.Tensor) -> torch.Tensor:
-        """Both heads stacked when training with distillation output, their average otherwise."""
-
-        x_cls = self.classifier(x)
-        x_dist = self.dist_classifier(x)
-        if self.training is True and self.distillation_output is True:
-            return torch.stack([x_cls, x_dist], dim=1)
-
-        return (x_cls + x_dist) / 2
-
-    def set_dynamic_size(self, dynamic_size: bool = True) -> None:
-        if dynamic_size is True:
-            raise ValueError(f"{type(self).__name__}: dynamic size is not supported (attention biases are per grid)")
-
-        super().set_dynamic_size(dynamic_size)
 
     def adjust_size(self, new_size: tuple[int, int]) -> None:
         new_size = (new_size[0], new_size[1])
