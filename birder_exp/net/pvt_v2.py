@@ -7,6 +7,7 @@ of position embeddings. Module and parameter names follow Birder's, so its check
 """
 
 from collections import OrderedDict
+from collections.abc import Iterator
 from typing import Any
 from typing import ClassVar
 from typing import Literal
@@ -21,6 +22,7 @@ from birder_exp.layers.masking import mask_tensor
 from birder_exp.net.base import DetectorBackbone
 from birder_exp.net.base import MaskedTokenRetentionMixin
 from birder_exp.net.base import PreTrainEncoder
+from birder_exp.net.base import StagedBackbone
 from birder_exp.net.base import TokenRetentionResultType
 from birder_exp.net.base import staged_stochastic_depth_rates
 
@@ -221,7 +223,7 @@ class PyramidVisionTransformerStage(nn.Module):
         return x.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous()
 
 
-class PVT_v2(DetectorBackbone, PreTrainEncoder, MaskedTokenRetentionMixin):
+class PVT_v2(StagedBackbone, DetectorBackbone, PreTrainEncoder, MaskedTokenRetentionMixin):
     block_group_regex: ClassVar[Optional[str]] = r"body\.stage(\d+)\.blocks\.(\d+)"
 
     def __init__(
@@ -303,27 +305,13 @@ class PVT_v2(DetectorBackbone, PreTrainEncoder, MaskedTokenRetentionMixin):
     def _get_input_conv(self) -> nn.Conv2d:
         return self.patch_embed.proj
 
-    def detection_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self.patch_embed(x)
-        out = {}
-        for name, module in self.body.named_children():
-            x = module(x)
-            if name in self.return_stages:
-                out[name] = x
-
+    def _detection_stem(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.patch_embed(x)
         return out
 
-    def freeze_stages(self, up_to_stage: int) -> None:
-        """Freeze the patch embedding and the first ``up_to_stage`` stages."""
-
-        for param in self.patch_embed.parameters():
-            param.requires_grad_(False)
-
-        for idx, module in enumerate(self.body.children()):
-            if idx >= up_to_stage:
-                break
-            for param in module.parameters():
-                param.requires_grad_(False)
+    def _stem_parameters(self) -> Iterator[nn.Parameter]:
+        params: Iterator[nn.Parameter] = self.patch_embed.parameters()
+        return params
 
     def masked_encoding_retention(
         self,

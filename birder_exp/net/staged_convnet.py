@@ -17,18 +17,18 @@ from typing import Optional
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint_sequential
 
 from birder_exp.layers.masking import mask_tensor
 from birder_exp.net.base import DetectorBackbone
 from birder_exp.net.base import MaskedTokenRetentionMixin
 from birder_exp.net.base import PreTrainEncoder
+from birder_exp.net.base import StagedBackbone
 from birder_exp.net.base import TokenRetentionResultType
 
 logger = logging.getLogger(__name__)
 
 
-class StagedConvNet(DetectorBackbone):
+class StagedConvNet(StagedBackbone, DetectorBackbone):
     """A detector backbone whose ``body`` is an ``nn.Sequential`` of stages named ``stageN``.
 
     Subclasses set ``stem``, ``body``, ``features`` and ``classifier``. Families that Birder lets checkpoint
@@ -49,22 +49,9 @@ class StagedConvNet(DetectorBackbone):
         size: Optional[tuple[int, int]] = None,
     ) -> None:
         super().__init__(input_channels, num_classes, config=config, size=size)
-        self.grad_checkpointing = False
-        self.grad_checkpointing_segments: Optional[int] = None
-        self.grad_checkpointing_preserve_rng_state = True
-        self.grad_checkpointing_use_reentrant = False
+        self._init_grad_checkpointing()
+        self._has_grad_checkpointing = self.grad_checkpointing_supported  # The others refuse, as Birder's do
         self._grad_checkpointing_blocks: tuple[nn.Module, ...] = ()
-
-    def require_config(self, *keys: str) -> dict[str, Any]:
-        """The config, after checking it names every required key (one clear line otherwise)."""
-
-        if self.config is None or any(key not in self.config for key in keys):
-            raise ValueError(
-                f"{type(self).__name__} needs a config with {', '.join(keys)} "
-                f"(e.g. register a name with register_model_config), got {self.config!r}"
-            )
-
-        return self.config
 
     def checkpoint_blocks(self) -> Iterator[nn.Module]:
         """The blocks checkpointed one by one (or in segments): every block of every stage."""
@@ -72,76 +59,17 @@ class StagedConvNet(DetectorBackbone):
         for stage in self.body:
             yield from stage.children()
 
-    def set_grad_checkpointing(
-        self,
-        enable: bool = True,
-        *,
-        segments: Optional[int] = None,
-        preserve_rng_state: bool = True,
-        use_reentrant: bool = False,
-    ) -> None:
-        if self.grad_checkpointing_supported is False:
-            super().set_grad_checkpointing(
-                enable, segments=segments, preserve_rng_state=preserve_rng_state, use_reentrant=use_reentrant
-            )
-            return
-
-        if enable is True:
-            logger.debug(
-                f"Enabling gradient checkpointing: segments={segments}, "
-                f"preserve_rng_state={preserve_rng_state}, use_reentrant={use_reentrant}"
-            )
-        else:
-            logger.debug("Disabling gradient checkpointing")
-
-        self.grad_checkpointing = enable
-        self.grad_checkpointing_segments = segments
-        self.grad_checkpointing_preserve_rng_state = preserve_rng_state
-        self.grad_checkpointing_use_reentrant = use_reentrant
-        self._grad_checkpointing_blocks = tuple(self.checkpoint_blocks()) if enable is True else ()
+    def _grad_checkpointing_changed(self) -> None:
+        self._grad_checkpointing_blocks = tuple(self.checkpoint_blocks()) if self.grad_checkpointing is True else ()
 
     def run_body(self, x: torch.Tensor) -> torch.Tensor:
         """All stages; checkpointed when enabled and gradients are on."""
 
         if self.grad_checkpointing is True and torch.is_grad_enabled() is True and not torch.jit.is_scripting():
-            blocks = self._grad_checkpointing_blocks
-            segments = len(blocks)
-            if self.grad_checkpointing_segments is not None:
-                segments = min(self.grad_checkpointing_segments, segments)
-
-            checkpointed: torch.Tensor = checkpoint_sequential(
-                blocks,  # type: ignore[arg-type]
-                segments,
-                x,
-                use_reentrant=self.grad_checkpointing_use_reentrant,
-                preserve_rng_state=self.grad_checkpointing_preserve_rng_state,
-            )
-            return checkpointed
+            return self._run_checkpointed(self._grad_checkpointing_blocks, x)
 
         out: torch.Tensor = self.body(x)
         return out
-
-    def detection_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = self.stem(x)
-        out = {}
-        for name, module in self.body.named_children():
-            x = module(x)
-            if name in self.return_stages:
-                out[name] = x
-
-        return out
-
-    def freeze_stages(self, up_to_stage: int) -> None:
-        """Freeze the stem and the first ``up_to_stage`` children of ``body`` (a ``stage0`` counts, as in Birder)."""
-
-        for param in self.stem.parameters():
-            param.requires_grad_(False)
-
-        for idx, module in enumerate(self.body.children()):
-            if idx >= up_to_stage:
-                break
-            for param in module.parameters():
-                param.requires_grad_(False)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
