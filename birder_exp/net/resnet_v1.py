@@ -74,7 +74,10 @@ class ConvBNReLU(Conv2dNormActivation):
         return torch.relu_(conv_bn(x, self[0], self[1]))
 
 
-def _shortcut(in_channels: int, out_channels: int, stride: tuple[int, int], avg_down: bool) -> nn.Module:
+def shortcut(in_channels: int, out_channels: int, stride: tuple[int, int], avg_down: bool) -> nn.Module:
+    """The residual branch of a block (ResNet v1 and ResNeXt): identity, or a 1x1 projection where the shape
+    changes (ResNet-D: average-pooled first)."""
+
     if in_channels == out_channels and stride == (1, 1):
         return nn.Identity()
 
@@ -90,6 +93,9 @@ def _shortcut(in_channels: int, out_channels: int, stride: tuple[int, int], avg_
         nn.Conv2d(in_channels, out_channels, kernel_size=(1, 1), stride=stride, padding=(0, 0), bias=False),
         nn.BatchNorm2d(out_channels),
     )
+
+
+_shortcut = shortcut  # The name resnext imported before it was public
 
 
 class ResidualBlock(nn.Module):
@@ -118,7 +124,7 @@ class ResidualBlock(nn.Module):
                 nn.BatchNorm2d(out_channels),
             )
 
-        self.block2 = _shortcut(in_channels, out_channels, stride, avg_down)
+        self.block2 = shortcut(in_channels, out_channels, stride, avg_down)
         self.relu = nn.ReLU(inplace=True)
         se = SqueezeExcitation(out_channels, out_channels // 16) if squeeze_excitation is True else nn.Identity()
         self.se = se

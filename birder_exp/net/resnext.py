@@ -16,7 +16,7 @@ from torch import nn
 from torchvision.ops import Conv2dNormActivation
 from torchvision.ops import SqueezeExcitation
 
-from birder_exp.net.resnet_v1 import _shortcut
+from birder_exp.net.resnet_v1 import shortcut
 from birder_exp.net.staged_convnet import MaskedStagedConvNet
 
 _STAGE_WIDTHS = (64, 128, 256, 512)
@@ -48,7 +48,7 @@ class ResidualBlock(nn.Module):
             nn.Conv2d(width, expanded, kernel_size=(1, 1), stride=(1, 1), padding=(0, 0), bias=False),
             nn.BatchNorm2d(expanded),
         )
-        self.block2 = _shortcut(in_channels, expanded, stride, avg_down)
+        self.block2 = shortcut(in_channels, expanded, stride, avg_down)
         self.relu = nn.ReLU(inplace=True)
         self.se = SqueezeExcitation(expanded, expanded // 16) if squeeze_excitation is True else nn.Identity()
 
