@@ -4,6 +4,7 @@ cnn_checks.check_catalogue expects a fixture for every name; here the catalogue 
 fixtures pin the config of the ones they cover, and every other name is built on the meta device.
 """
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -146,3 +147,27 @@ def check_stage_freeze(name: str, frozen_prefixes: tuple[str, ...]) -> None:
     net.freeze_stages(2)
     for param_name, param in net.named_parameters():
         assert param.requires_grad is not param_name.startswith(frozen_prefixes), param_name
+
+
+def check_reparameterize_model(
+    net: nn.Module, name: str, x: torch.Tensor, forbidden_parts: tuple[str, ...], rtol: float, atol: float
+) -> None:
+    """Folding (twice: it must be idempotent) keeps the outputs and drops every training-time branch key; the
+    loader's path (meta build, fold, assign-load) then reproduces the folded net."""
+
+    with torch.inference_mode():
+        expected = net(x)
+    net.reparameterize_model()
+    net.reparameterize_model()
+    assert not any(part in key for key in net.state_dict() for part in forbidden_parts)
+    with torch.inference_mode():
+        torch.testing.assert_close(net(x), expected, rtol=rtol, atol=atol)
+
+    state = copy.deepcopy(net.state_dict())
+    with torch.device("meta"):
+        fresh = registry.net_factory(name, 10)
+    fresh.reparameterize_model()
+    fresh.load_state_dict(state, assign=True)
+    fresh.eval()
+    with torch.inference_mode():
+        torch.testing.assert_close(fresh(x), net(x))

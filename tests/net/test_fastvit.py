@@ -1,6 +1,5 @@
 """FastViT / MobileCLIP image towers: Birder-exact on the fixtures, every name built, re-parameterisation."""
 
-import copy
 from typing import Any
 
 import pytest
@@ -20,6 +19,7 @@ from family_checks import check_birder_exact
 from family_checks import check_family_listing
 from family_checks import check_map_masked_encoding
 from family_checks import check_meta_builds_without_fixture
+from family_checks import check_reparameterize_model
 from family_checks import meta_build
 from torch import nn
 
@@ -115,23 +115,7 @@ def test_reparameterize_model(small: str) -> None:
     torch.manual_seed(0)
     net = registry.net_factory(small, 10).eval()
     assert reparameterize_available(net)
-    x = image()
-    with torch.inference_mode():
-        expected = net(x)
-    net.reparameterize_model()
-    net.reparameterize_model()
-    assert not any(part in key for key in net.state_dict() for part in (".rbr_", ".lkb_origin", ".mixer.", ".pe."))
-    with torch.inference_mode():
-        torch.testing.assert_close(net(x), expected, rtol=1e-4, atol=1e-4)
-
-    state = copy.deepcopy(net.state_dict())
-    with torch.device("meta"):
-        fresh = registry.net_factory(small, 10)
-    fresh.reparameterize_model()
-    fresh.load_state_dict(state, assign=True)
-    fresh.eval()
-    with torch.inference_mode():
-        torch.testing.assert_close(fresh(x), net(x))
+    check_reparameterize_model(net, small, image(), (".rbr_", ".lkb_origin", ".mixer.", ".pe."), rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.usefixtures("clean_registry")

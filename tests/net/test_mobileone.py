@@ -1,6 +1,5 @@
 """MobileOne: Birder-exact on its fixtures, every name built, re-parameterisation, the encoder interfaces."""
 
-import copy
 from typing import Any
 
 import pytest
@@ -19,6 +18,7 @@ from family_checks import check_birder_exact
 from family_checks import check_family_listing
 from family_checks import check_map_masked_encoding
 from family_checks import check_meta_builds_without_fixture
+from family_checks import check_reparameterize_model
 from family_checks import meta_build
 from torchvision.ops import SqueezeExcitation
 
@@ -76,25 +76,8 @@ def test_reparameterize_model(small: str) -> None:
 
     net = build(small).eval()
     assert reparameterize_available(net)
-    x = image()
-    with torch.inference_mode():
-        expected = net(x)
-    net.reparameterize_model()
-    net.reparameterize_model()  # Idempotent
+    check_reparameterize_model(net, small, image(), (".rbr_",), rtol=1e-4, atol=1e-5)
     assert net.reparameterized is True
-    assert not any(".rbr_" in key for key in net.state_dict())
-    with torch.inference_mode():
-        torch.testing.assert_close(net(x), expected, rtol=1e-4, atol=1e-5)
-
-    # The loader's path: meta build, reparameterise, load the fused weights with assign
-    state = copy.deepcopy(net.state_dict())
-    with torch.device("meta"):
-        fresh = registry.net_factory(small, 10)
-    fresh.reparameterize_model()
-    fresh.load_state_dict(state, assign=True)
-    fresh.eval()
-    with torch.inference_mode():
-        torch.testing.assert_close(fresh(x), net(x))
 
 
 def test_detection_features(small: str) -> None:
