@@ -13,9 +13,10 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.ops import Conv2dNormActivation
 
+from birder_exp.layers.reparam import fuse_bn
+from birder_exp.layers.reparam import reparameterize_all
 from birder_exp.net.base import make_divisible
 from birder_exp.net.ghostnet_v1 import GhostBottleneck
 from birder_exp.net.staged_convnet import StagedConvNet
@@ -40,12 +41,6 @@ BLOCK_SETTINGS: tuple[tuple[int, int, int, float, int], ...] = (
     (5, 480, 160, 0, 1),
     (5, 480, 160, 0.25, 1),
 )
-
-
-def _fuse(kernel: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    assert bn.running_mean is not None and bn.running_var is not None
-    weight, bias = fuse_conv_bn_weights(kernel, None, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
-    return (weight.detach(), bias.detach())
 
 
 class RepGhostModule(nn.Module):
@@ -128,11 +123,11 @@ class RepGhostModule(nn.Module):
         assert isinstance(self.cheap_operation, nn.Sequential) and self.fusion_bn is not None
         conv, bn = self.cheap_operation[0], self.cheap_operation[1]
         assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
-        kernel, bias = _fuse(conv.weight, bn)
+        kernel, bias = fuse_bn(conv.weight, bn)
 
         # The fusion BN is a per-channel 1x1 identity, centred in the depthwise kernel
         identity = torch.ones(self.out_channels, 1, 1, 1, device=kernel.device, dtype=kernel.dtype)
-        kernel_id, bias_id = _fuse(identity, self.fusion_bn)
+        kernel_id, bias_id = fuse_bn(identity, self.fusion_bn)
         pad_h = (kernel.shape[2] - 1) // 2
         pad_w = (kernel.shape[3] - 1) // 2
         kernel = kernel + F.pad(kernel_id, [pad_w, pad_w, pad_h, pad_h])
@@ -239,8 +234,6 @@ class RepGhost(StagedConvNet):
         if self.reparameterized is True:
             return
 
-        for module in self.modules():
-            if isinstance(module, RepGhostModule):
-                module.reparameterize()
+        reparameterize_all(self, RepGhostModule)
 
         self.reparameterized = True

@@ -15,9 +15,11 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.ops import SqueezeExcitation
 
+from birder_exp.layers.reparam import fuse_bn
+from birder_exp.layers.reparam import identity_kernel
+from birder_exp.layers.reparam import reparameterize_all
 from birder_exp.net.staged_convnet import StagedConvNet
 
 _REQUIRED_KEYS = ("width_multipliers", "num_blocks_per_stage", "groups", "use_se")
@@ -43,12 +45,6 @@ def _conv_bn(
     )
     branch.add_module("bn", nn.BatchNorm2d(num_features=out_channels))
     return branch
-
-
-def _fuse(kernel: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-    assert bn.running_mean is not None and bn.running_var is not None
-    weight, bias = fuse_conv_bn_weights(kernel, None, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
-    return (weight.detach(), bias.detach())
 
 
 class RepVggBlock(nn.Module):
@@ -151,22 +147,11 @@ class RepVggBlock(nn.Module):
         conv = branch.get_submodule("conv")
         bn = branch.get_submodule("bn")
         assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
-        return _fuse(conv.weight, bn)
+        return fuse_bn(conv.weight, bn)
 
     def _fuse_identity(self, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
-        """The identity as a centre-tap kernel of the block's (grouped) conv shape, then BN folded in."""
-
-        input_dim = self.in_channels // self.groups
-        kernel = torch.zeros(
-            (self.in_channels, input_dim, self.kernel_size, self.kernel_size),
-            dtype=bn.weight.dtype,
-            device=bn.weight.device,
-        )
-        centre = self.kernel_size // 2
-        for i in range(self.in_channels):
-            kernel[i, i % input_dim, centre, centre] = 1
-
-        return _fuse(kernel, bn)
+        kernel = identity_kernel(self.in_channels, self.groups, self.kernel_size, bn.weight.dtype, bn.weight.device)
+        return fuse_bn(kernel, bn)
 
 
 class RepVggStage(nn.Sequential):
@@ -289,8 +274,6 @@ class RepVgg(StagedConvNet):
         if self.reparameterized is True:
             return
 
-        for module in self.modules():
-            if isinstance(module, RepVggBlock):
-                module.reparameterize()
+        reparameterize_all(self, RepVggBlock)
 
         self.reparameterized = True

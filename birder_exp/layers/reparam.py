@@ -1,0 +1,39 @@
+"""Folding helpers for re-parameterisable blocks (RepVGG, RepGhost): every train-time branch becomes a conv kernel
+and bias, and the branches' kernels and biases add up to the single inference conv."""
+
+from typing import Any
+from typing import cast
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
+
+
+def fuse_bn(kernel: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """A bias-free conv kernel followed by ``bn`` (eval statistics) as one conv's (weight, bias), detached."""
+
+    assert bn.running_mean is not None and bn.running_var is not None
+    weight, bias = fuse_conv_bn_weights(kernel, None, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias)
+    return (weight.detach(), bias.detach())
+
+
+def identity_kernel(
+    channels: int, groups: int, kernel_size: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """The (grouped) ``kernel_size`` conv kernel that maps a tensor to itself: a 1 at each channel's centre tap."""
+
+    input_dim = channels // groups
+    kernel = torch.zeros((channels, input_dim, kernel_size, kernel_size), dtype=dtype, device=device)
+    centre = kernel_size // 2
+    for i in range(channels):
+        kernel[i, i % input_dim, centre, centre] = 1
+
+    return kernel
+
+
+def reparameterize_all(net: nn.Module, block_type: type[nn.Module]) -> None:
+    """Call ``reparameterize()`` on every ``block_type`` module of ``net``."""
+
+    for module in net.modules():
+        if isinstance(module, block_type):
+            cast(Any, module).reparameterize()
