@@ -9,6 +9,28 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 
+def conv_bn(
+    in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int, groups: int
+) -> nn.Sequential:
+    """A train-time branch: bias-free conv (``conv``) then BatchNorm (``bn``), the names Birder's checkpoints use."""
+
+    branch = nn.Sequential()
+    branch.add_module(
+        "conv",
+        nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size=(kernel_size, kernel_size),
+            stride=(stride, stride),
+            padding=(padding, padding),
+            groups=groups,
+            bias=False,
+        ),
+    )
+    branch.add_module("bn", nn.BatchNorm2d(num_features=out_channels))
+    return branch
+
+
 def fuse_bn(kernel: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """A bias-free conv kernel followed by ``bn`` (eval statistics) as one conv's (weight, bias), detached."""
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import SqueezeExcitation
 
+from birder_exp.layers.reparam import conv_bn
 from birder_exp.layers.reparam import fuse_bn
 from birder_exp.layers.reparam import identity_kernel
 from birder_exp.layers.reparam import reparameterize_all
@@ -25,26 +26,6 @@ from birder_exp.net.staged_convnet import StagedConvNet
 _REQUIRED_KEYS = ("width_multipliers", "num_blocks_per_stage", "groups", "use_se")
 _WIDTHS = (64, 128, 256, 512)
 _GROUPED_LAYER_LIMIT = 27  # Grouped convs only on the even layers below this index (counting the stem as layer 0)
-
-
-def _conv_bn(
-    in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int, groups: int
-) -> nn.Sequential:
-    branch = nn.Sequential()
-    branch.add_module(
-        "conv",
-        nn.Conv2d(
-            in_channels,
-            out_channels,
-            kernel_size=(kernel_size, kernel_size),
-            stride=(stride, stride),
-            padding=(padding, padding),
-            groups=groups,
-            bias=False,
-        ),
-    )
-    branch.add_module("bn", nn.BatchNorm2d(num_features=out_channels))
-    return branch
 
 
 class RepVggBlock(nn.Module):
@@ -84,8 +65,8 @@ class RepVggBlock(nn.Module):
         else:
             if skip_identity is False and out_channels == in_channels and stride == 1:
                 self.rbr_identity = nn.BatchNorm2d(num_features=in_channels)
-            self.conv_kxk = _conv_bn(in_channels, out_channels, kernel_size, stride, padding, groups)
-            self.conv_1x1 = _conv_bn(in_channels, out_channels, 1, stride, 0, groups)
+            self.conv_kxk = conv_bn(in_channels, out_channels, kernel_size, stride, padding, groups)
+            self.conv_1x1 = conv_bn(in_channels, out_channels, 1, stride, 0, groups)
 
     def _fused_conv(self, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None) -> nn.Conv2d:
         return nn.Conv2d(

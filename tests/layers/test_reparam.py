@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from birder_exp.layers.reparam import conv_bn
 from birder_exp.layers.reparam import fuse_bn
 from birder_exp.layers.reparam import identity_kernel
 from birder_exp.layers.reparam import reparameterize_all
@@ -49,3 +50,10 @@ def test_reparameterize_all_calls_every_block() -> None:
     net = nn.Sequential(Block(), nn.Sequential(Block(), nn.ReLU()))
     reparameterize_all(net, Block)
     assert all(m.done for m in net.modules() if isinstance(m, Block))
+
+
+def test_conv_bn_branch_names() -> None:
+    branch = conv_bn(4, 8, 3, 2, 1, 2)
+    assert list(branch.state_dict())[:2] == ["conv.weight", "bn.weight"]
+    assert branch.conv.bias is None and branch.conv.groups == 2 and branch.conv.stride == (2, 2)
+    assert branch(torch.randn(1, 4, 6, 6)).shape == (1, 8, 3, 3)
