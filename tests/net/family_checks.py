@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from cnn_checks import build
+from cnn_checks import image
 from conformance import check_layout
 from conformance import check_outputs
 from conformance import fixture_names
@@ -171,3 +172,25 @@ def check_reparameterize_model(
     fresh.eval()
     with torch.inference_mode():
         torch.testing.assert_close(fresh(x), net(x))
+
+
+def check_class_token_features(name: str, num_patches: int, dim: int) -> None:
+    """Features are [cls, patches]; the embedding is the class token and flattening can drop it."""
+
+    net = build(name).eval()
+    x = image()
+    with torch.inference_mode():
+        features = net.forward_features(x)
+        assert features.shape == (2, 1 + num_patches, dim)
+        torch.testing.assert_close(net.embedding(x), features[:, 0])
+        assert net.flatten_features(features, include_special_tokens=False).shape == (2, num_patches, dim)
+
+
+def check_head_only_trainable(name: str, head_prefixes: tuple[str, ...]) -> nn.Module:
+    """After ``freeze(freeze_classifier=False, unfreeze_features=True)`` only the head parameters train."""
+
+    net = build(name)
+    net.freeze(freeze_classifier=False, unfreeze_features=True)
+    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert trainable == {n for n, _ in net.named_parameters() if n.startswith(head_prefixes)}
+    return net

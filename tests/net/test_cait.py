@@ -17,7 +17,9 @@ from cnn_checks import check_scriptable
 from cnn_checks import image
 from conformance import fixture_names
 from family_checks import check_birder_exact
+from family_checks import check_class_token_features
 from family_checks import check_family_listing
+from family_checks import check_head_only_trainable
 from family_checks import check_meta_builds_without_fixture
 from family_checks import check_token_masked_encoding
 from family_checks import meta_build
@@ -89,13 +91,7 @@ def test_talking_heads_attention() -> None:
 
 
 def test_features_and_embedding(small: str) -> None:
-    net = build(small).eval()
-    x = image()
-    with torch.inference_mode():
-        features = net.forward_features(x)
-        assert features.shape == (2, 1 + 4 * 6, 32)
-        torch.testing.assert_close(net.embedding(x), features[:, 0])
-        assert net.flatten_features(features, include_special_tokens=False).shape == (2, 24, 32)
+    check_class_token_features(small, num_patches=4 * 6, dim=32)
 
 
 def test_masked_encoding_retention(small: str) -> None:
@@ -126,11 +122,7 @@ def test_classifier_and_embedding(small: str) -> None:
 
 
 def test_freeze(small: str) -> None:
-    net = build(small)
-    net.freeze(freeze_classifier=False, unfreeze_features=True)
-    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
-    heads = ("classifier.", "block2.", "norm.", "cls_token")
-    assert trainable == {n for n, _ in net.named_parameters() if n.startswith(heads)}
+    net = check_head_only_trainable(small, ("classifier.", "block2.", "norm.", "cls_token"))
     assert net.layer_freeze_exempt_parameters == frozenset({"cls_token"})
 
 

@@ -16,7 +16,9 @@ from cnn_checks import check_scriptable
 from cnn_checks import image
 from conformance import fixture_names
 from family_checks import check_birder_exact
+from family_checks import check_class_token_features
 from family_checks import check_family_listing
+from family_checks import check_head_only_trainable
 from family_checks import check_meta_builds_without_fixture
 from family_checks import check_stage_freeze
 from family_checks import check_token_masked_encoding
@@ -122,13 +124,7 @@ def test_detection_features(small: str) -> None:
 
 
 def test_features_carry_the_class_token(small: str) -> None:
-    net = build(small).eval()
-    x = image()
-    with torch.inference_mode():
-        features = net.forward_features(x)
-        assert features.shape == (2, 1 + 4 * 6, 32)
-        torch.testing.assert_close(net.embedding(x), features[:, 0])
-        assert net.flatten_features(features, include_special_tokens=False).shape == (2, 24, 32)
+    check_class_token_features(small, num_patches=4 * 6, dim=32)
 
 
 def test_masked_encoding_retention(small: str) -> None:
@@ -148,10 +144,7 @@ def test_classifier_and_embedding(small: str) -> None:
 
 
 def test_freeze(small: str) -> None:
-    net = build(small)
-    net.freeze(freeze_classifier=False, unfreeze_features=True)
-    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
-    assert trainable == {n for n, _ in net.named_parameters() if n.startswith(("classifier.", "block2.", "cls_token"))}
+    check_head_only_trainable(small, ("classifier.", "block2.", "cls_token"))
 
     check_stage_freeze(small, ("patch_embed.", "pos_embed.", "block1.stage1.", "block1.stage2."))
 
