@@ -1,17 +1,14 @@
 """EdgeNeXt: Birder-exact on its fixtures, every name built, the SDTA block, the detector interface."""
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
+from cnn_checks import STANDARD_CHECKS
 from cnn_checks import build
-from cnn_checks import check_adjust_input_channels
-from cnn_checks import check_adjust_size
 from cnn_checks import check_bad_config
-from cnn_checks import check_classifier_and_embedding
 from cnn_checks import check_custom_variant
-from cnn_checks import check_detection_features
-from cnn_checks import check_freeze
 from cnn_checks import check_meta_build
 from cnn_checks import check_scriptable
 from conformance import fixture_names
@@ -113,24 +110,13 @@ def test_conv_block_is_a_residual() -> None:
     torch.testing.assert_close(block(x), x)
 
 
-def test_detection_features(small: str) -> None:
-    check_detection_features(small)
+# No masked encoding (not a pre-train encoder); the meta build has its own test below
+_CHECKS = {key: check for key, check in STANDARD_CHECKS.items() if key not in ("masked_encoding", "meta_build")}
 
 
-def test_adjust_size(small: str) -> None:
-    check_adjust_size(small)
-
-
-def test_adjust_input_channels(small: str) -> None:
-    check_adjust_input_channels(small)
-
-
-def test_classifier_and_embedding(small: str) -> None:
-    check_classifier_and_embedding(small)
-
-
-def test_freeze(small: str) -> None:
-    check_freeze(small)
+@pytest.mark.parametrize("check", _CHECKS.values(), ids=_CHECKS.keys())
+def test_standard_behaviour(check: Callable[[str], None], small: str) -> None:
+    check(small)
 
 
 def test_meta_build(small: str) -> None:

@@ -1,18 +1,13 @@
 """MetaFormer (PoolFormer v1/v2, ConvFormer, CAFormer): Birder-exact fixtures, every name built, the mixers."""
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
-from cnn_checks import check_adjust_input_channels
-from cnn_checks import check_adjust_size
-from cnn_checks import check_classifier_and_embedding
+from cnn_checks import STANDARD_CHECKS
 from cnn_checks import check_custom_variant
-from cnn_checks import check_detection_features
-from cnn_checks import check_freeze
 from cnn_checks import check_grad_checkpointing
-from cnn_checks import check_masked_encoding
-from cnn_checks import check_meta_build
 from cnn_checks import check_scriptable
 from cnn_checks import image
 from conformance import fixture_names
@@ -145,32 +140,9 @@ def test_attention_heads_are_32_wide() -> None:
     assert attn(x).shape == x.shape
 
 
-def test_detection_features(small: str) -> None:
-    check_detection_features(small)
-
-
-def test_masked_encoding_retention(small: str) -> None:
-    check_masked_encoding(small)
-
-
-def test_adjust_size(small: str) -> None:
-    check_adjust_size(small)
-
-
-def test_adjust_input_channels(small: str) -> None:
-    check_adjust_input_channels(small)
-
-
-def test_classifier_and_embedding(small: str) -> None:
-    check_classifier_and_embedding(small)
-
-
-def test_freeze(small: str) -> None:
-    check_freeze(small)
-
-
-def test_meta_build(small: str) -> None:
-    check_meta_build(small)
+@pytest.mark.parametrize("check", STANDARD_CHECKS.values(), ids=STANDARD_CHECKS.keys())
+def test_standard_behaviour(check: Callable[[str], None], small: str) -> None:
+    check(small)
 
 
 def test_gradient_checkpointing() -> None:

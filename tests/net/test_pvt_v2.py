@@ -1,17 +1,13 @@
 """PVT v2: Birder-exact on its fixtures, every name built, spatial-reduction attention, the encoder interfaces."""
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
-from cnn_checks import check_adjust_input_channels
-from cnn_checks import check_adjust_size
+from cnn_checks import STANDARD_CHECKS
 from cnn_checks import check_bad_config
-from cnn_checks import check_classifier_and_embedding
 from cnn_checks import check_custom_variant
-from cnn_checks import check_detection_features
-from cnn_checks import check_masked_encoding
-from cnn_checks import check_meta_build
 from cnn_checks import check_scriptable
 from conformance import fixture_names
 from family_checks import check_birder_exact
@@ -96,32 +92,16 @@ def test_attention_reductions() -> None:
     torch.testing.assert_close(plain(x, 8, 12), plain.proj(expected))
 
 
-def test_detection_features(small: str) -> None:
-    check_detection_features(small)
+_CHECKS = {key: check for key, check in STANDARD_CHECKS.items() if key != "freeze"}  # Its own stage freeze check below
 
 
-def test_masked_encoding_retention(small: str) -> None:
-    check_masked_encoding(small)
-
-
-def test_adjust_size(small: str) -> None:
-    check_adjust_size(small)
-
-
-def test_adjust_input_channels(small: str) -> None:
-    check_adjust_input_channels(small)
-
-
-def test_classifier_and_embedding(small: str) -> None:
-    check_classifier_and_embedding(small)
+@pytest.mark.parametrize("check", _CHECKS.values(), ids=_CHECKS.keys())
+def test_standard_behaviour(check: Callable[[str], None], small: str) -> None:
+    check(small)
 
 
 def test_freeze(small: str) -> None:
     check_stage_freeze(small, ("patch_embed.", "body.stage1.", "body.stage2."))
-
-
-def test_meta_build(small: str) -> None:
-    check_meta_build(small)
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning", "ignore:The TorchScript type system:UserWarning")
