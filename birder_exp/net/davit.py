@@ -84,11 +84,11 @@ class Downsample(nn.Module):
         return self.conv(x)  # type: ignore[no-any-return]
 
 
-def _split_heads(qkv: nn.Linear, x: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(B, N, C) -> q, k, v each (B, heads, N, C / heads)."""
+def _split_heads(qkv: torch.Tensor, num_heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The (B, N, 3C) qkv projection as q, k, v, each (B, heads, N, C / heads)."""
 
-    B, N, C = x.size()
-    q, k, v = qkv(x).reshape(B, N, 3, num_heads, C // num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+    B, N, C3 = qkv.size()
+    q, k, v = qkv.reshape(B, N, 3, num_heads, C3 // (3 * num_heads)).permute(2, 0, 3, 1, 4).unbind(0)
     return (q, k, v)
 
 
@@ -104,7 +104,7 @@ class ChannelAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.size()
-        q, k, v = _split_heads(self.qkv, x, self.num_heads)
+        q, k, v = _split_heads(self.qkv(x), self.num_heads)
         attn = ((k * self.scale).transpose(-1, -2) @ v).softmax(dim=-1)
         x = (attn @ q.transpose(-1, -2)).transpose(-1, -2)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))  # type: ignore[no-any-return]
@@ -121,7 +121,7 @@ class FlorenceChannelAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.size()
-        q, k, v = _split_heads(self.qkv, x, self.num_heads)
+        q, k, v = _split_heads(self.qkv(x), self.num_heads)
         attn = ((q * N**-0.5).transpose(-1, -2) @ k).softmax(dim=-1)
         x = (attn @ v.transpose(-1, -2)).transpose(-1, -2)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))  # type: ignore[no-any-return]
@@ -143,7 +143,7 @@ class WindowAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
-        q, k, v = _split_heads(self.qkv, x, self.num_heads)
+        q, k, v = _split_heads(self.qkv(x), self.num_heads)
         x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))  # type: ignore[no-any-return]
 

@@ -121,3 +121,14 @@ def test_freeze_and_checkpointing(small: str) -> None:
     check_freeze_stages(small, 2)
     check_no_grad_checkpointing(small)
     assert build(small).size == (224, 224)  # The default size: square
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore:The TorchScript type system:UserWarning")
+def test_scriptable(small: str) -> None:
+    """The global filters (FFT) script too; the scripted net gives the eager output."""
+
+    net = registry.net_factory(small, 10, size=SIZE).eval()
+    scripted = torch.jit.script(net)
+    x = x_image()
+    with torch.inference_mode():
+        torch.testing.assert_close(scripted(x), net(x))

@@ -7,6 +7,7 @@ import torch
 from cnn_checks import check_adjust_size
 from cnn_checks import check_bad_config
 from cnn_checks import check_custom_variant
+from cnn_checks import check_scriptable
 from conformance import fixture_names
 from family_checks import check_birder_exact
 from family_checks import check_meta_builds_without_fixture
@@ -103,3 +104,8 @@ def test_staged_behaviour(small: str) -> None:
 
 def test_adjust_size(small: str) -> None:
     check_adjust_size(small)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore:The TorchScript type system:UserWarning")
+def test_scriptable(small: str) -> None:
+    check_scriptable(small)

@@ -7,6 +7,7 @@ import torch
 from cnn_checks import build
 from cnn_checks import check_bad_config
 from cnn_checks import check_custom_variant
+from cnn_checks import check_scriptable
 from cnn_checks import image
 from conformance import fixture_names
 from family_checks import check_birder_exact
@@ -106,3 +107,8 @@ def test_reparameterize_model(tiny: str) -> None:
 
 def test_behaviour(tiny: str) -> None:
     check_staged_behaviour(tiny, frozen_stages=2)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore:The TorchScript type system:UserWarning")
+def test_scriptable(tiny: str) -> None:
+    check_scriptable(tiny)

@@ -8,6 +8,7 @@ import torch
 from cnn_checks import build
 from cnn_checks import check_bad_config
 from cnn_checks import check_custom_variant
+from cnn_checks import check_scriptable
 from cnn_checks import image
 from conformance import fixture_names
 from family_checks import check_birder_exact
@@ -116,3 +117,8 @@ def test_reparameterized_block_is_built_fused() -> None:
 
 def test_staged_behaviour(small: str) -> None:
     check_staged_behaviour(small, frozen_stages=2)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore:The TorchScript type system:UserWarning")
+def test_scriptable(small: str) -> None:
+    check_scriptable(small)
