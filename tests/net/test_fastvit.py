@@ -1,17 +1,15 @@
 """FastViT / MobileCLIP image towers: Birder-exact on the fixtures, every name built, re-parameterisation."""
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
+from cnn_checks import STANDARD_CHECKS
 from cnn_checks import build
 from cnn_checks import check_adjust_input_channels
-from cnn_checks import check_adjust_size
 from cnn_checks import check_bad_config
-from cnn_checks import check_classifier_and_embedding
 from cnn_checks import check_custom_variant
-from cnn_checks import check_detection_features
-from cnn_checks import check_freeze
 from cnn_checks import check_meta_build
 from cnn_checks import image
 from conformance import fixture_names
@@ -146,8 +144,17 @@ def test_five_stage_variant() -> None:
         assert net(image(size=(64, 128))).shape == (2, 4)
 
 
-def test_detection_features(small: str) -> None:
-    check_detection_features(small)
+# Masked encoding, input channels (refused) and the meta build have their own tests below
+_CHECKS = {
+    key: check
+    for key, check in STANDARD_CHECKS.items()
+    if key not in ("masked_encoding", "adjust_input_channels", "meta_build")
+}
+
+
+@pytest.mark.parametrize("check", _CHECKS.values(), ids=_CHECKS.keys())
+def test_standard_behaviour(check: Callable[[str], None], small: str) -> None:
+    check(small)
 
 
 def test_masked_encoding_retention(small: str) -> None:
@@ -155,23 +162,11 @@ def test_masked_encoding_retention(small: str) -> None:
     check_map_masked_encoding(registry.net_factory(small, 10).eval(), image())
 
 
-def test_adjust_size(small: str) -> None:
-    check_adjust_size(small)
-
-
 def test_adjust_input_channels_is_refused(small: str) -> None:
     """As in Birder: the stem's input conv is one branch of a MobileOne block, so it cannot be adapted."""
 
     with pytest.raises(RuntimeError, match="does not support input channel adjustment"):
         check_adjust_input_channels(small)
-
-
-def test_classifier_and_embedding(small: str) -> None:
-    check_classifier_and_embedding(small)
-
-
-def test_freeze(small: str) -> None:
-    check_freeze(small)
 
 
 def test_meta_build(small: str) -> None:

@@ -1,17 +1,14 @@
 """MobileOne: Birder-exact on its fixtures, every name built, re-parameterisation, the encoder interfaces."""
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
+from cnn_checks import STANDARD_CHECKS
 from cnn_checks import build
-from cnn_checks import check_adjust_size
 from cnn_checks import check_bad_config
-from cnn_checks import check_classifier_and_embedding
 from cnn_checks import check_custom_variant
-from cnn_checks import check_detection_features
-from cnn_checks import check_freeze
-from cnn_checks import check_meta_build
 from cnn_checks import image
 from conformance import fixture_names
 from family_checks import check_birder_exact
@@ -80,29 +77,20 @@ def test_reparameterize_model(small: str) -> None:
     assert net.reparameterized is True
 
 
-def test_detection_features(small: str) -> None:
-    check_detection_features(small)
+# Masked encoding has its own test below; MobileOne does not support input channel adjustment
+_CHECKS = {
+    key: check for key, check in STANDARD_CHECKS.items() if key not in ("masked_encoding", "adjust_input_channels")
+}
+
+
+@pytest.mark.parametrize("check", _CHECKS.values(), ids=_CHECKS.keys())
+def test_standard_behaviour(check: Callable[[str], None], small: str) -> None:
+    check(small)
 
 
 def test_masked_encoding_retention(small: str) -> None:
     torch.manual_seed(0)
     check_map_masked_encoding(registry.net_factory(small, 10).eval(), image())
-
-
-def test_adjust_size(small: str) -> None:
-    check_adjust_size(small)
-
-
-def test_classifier_and_embedding(small: str) -> None:
-    check_classifier_and_embedding(small)
-
-
-def test_freeze(small: str) -> None:
-    check_freeze(small)
-
-
-def test_meta_build(small: str) -> None:
-    check_meta_build(small)
 
 
 def test_gradient_checkpointing_is_refused(small: str) -> None:

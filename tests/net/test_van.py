@@ -1,16 +1,13 @@
 """VAN: Birder-exact on its fixtures, every name built, large kernel attention, the detector interface."""
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
-from cnn_checks import check_adjust_input_channels
-from cnn_checks import check_adjust_size
+from cnn_checks import STANDARD_CHECKS
 from cnn_checks import check_bad_config
-from cnn_checks import check_classifier_and_embedding
 from cnn_checks import check_custom_variant
-from cnn_checks import check_detection_features
-from cnn_checks import check_meta_build
 from cnn_checks import check_scriptable
 from conformance import fixture_names
 from family_checks import check_birder_exact
@@ -78,28 +75,17 @@ def test_large_kernel_attention_gates_the_input() -> None:
     assert rows.max().item() == 11 and cols.max().item() == 11
 
 
-def test_detection_features(small: str) -> None:
-    check_detection_features(small)
+# No masked encoding (not a pre-train encoder); the stage freeze has its own test below
+_CHECKS = {key: check for key, check in STANDARD_CHECKS.items() if key not in ("masked_encoding", "freeze")}
 
 
-def test_adjust_size(small: str) -> None:
-    check_adjust_size(small)
-
-
-def test_adjust_input_channels(small: str) -> None:
-    check_adjust_input_channels(small)
-
-
-def test_classifier_and_embedding(small: str) -> None:
-    check_classifier_and_embedding(small)
+@pytest.mark.parametrize("check", _CHECKS.values(), ids=_CHECKS.keys())
+def test_standard_behaviour(check: Callable[[str], None], small: str) -> None:
+    check(small)
 
 
 def test_freeze(small: str) -> None:
     check_stage_freeze(small, ("body.stage1.", "body.stage2."))  # No stem: each stage embeds its own patches
-
-
-def test_meta_build(small: str) -> None:
-    check_meta_build(small)
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning", "ignore:The TorchScript type system:UserWarning")
