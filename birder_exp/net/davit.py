@@ -24,6 +24,7 @@ from torchvision.ops import StochasticDepth
 
 from birder_exp.layers.layer_norm import LayerNorm2d
 from birder_exp.net.base import staged_stochastic_depth_rates
+from birder_exp.net.base import trunc_normal_init_
 from birder_exp.net.staged_convnet import MaskedStagedConvNet
 
 _REQUIRED_KEYS = ("depths", "dims", "heads", "drop_path_rate")
@@ -354,11 +355,7 @@ class DaViT(MaskedStagedConvNet):
         self.stem_width = dims[0]
         self.feature_dim = dims[-1]
 
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        trunc_normal_init_(self)
 
     def _window_size(self, size: tuple[int, ...]) -> tuple[int, int]:
         window_size: Optional[list[int]] = None if self.config is None else self.config.get("window_size")

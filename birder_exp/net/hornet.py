@@ -20,6 +20,7 @@ from torchvision.ops import StochasticDepth
 from birder_exp.layers.channels_first_layer_norm import ChannelsFirstLayerNorm
 from birder_exp.layers.layer_scale import LayerScale2d
 from birder_exp.net.base import staged_stochastic_depth_rates
+from birder_exp.net.base import trunc_normal_init_
 from birder_exp.net.staged_convnet import StagedConvNet
 
 _REQUIRED_KEYS = ("depths", "base_dim", "gf_layer", "drop_path_rate")
@@ -259,11 +260,7 @@ class HorNet(StagedConvNet):
         self.stem_width = dims[0]
         self.feature_dim = dims[-1]
 
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        trunc_normal_init_(self, layer_types=(nn.Conv2d, nn.Linear))
 
     def set_dynamic_size(self, dynamic_size: bool = True) -> None:
         if dynamic_size is True:
