@@ -158,6 +158,13 @@ class ClassTokenHead(PreTrainEncoder):
     def embedding_from_features(self, features: torch.Tensor) -> torch.Tensor:
         return features[:, 0]
 
+    def _patch_token_map(self, x: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
+        """The patch tokens of an encoder output ([cls, patches]) as a (B, C, grid_h, grid_w) map."""
+
+        features = x[:, self.num_special_tokens :].permute(0, 2, 1)
+        B, C, _ = features.size()
+        return features.reshape(B, C, grid_h, grid_w)
+
 
 class CaiT(ClassTokenHead, MaskedTokenRetentionMixin):
     block_group_regex: ClassVar[Optional[str]] = r"block1\.(\d+)"  # The class-attention blocks go with the head
@@ -287,15 +294,9 @@ class CaiT(ClassTokenHead, MaskedTokenRetentionMixin):
         x = mask_tensor(x, mask, patch_factor=self.max_stride // self.stem_stride, mask_token=mask_token)
         x = self._encode(x.flatten(2).transpose(1, 2))
 
-        result: TokenRetentionResultType = {}
-        if return_keys in ("all", "features"):
-            features = x[:, self.num_special_tokens :].permute(0, 2, 1)
-            B, C, _ = features.size()
-            result["features"] = features.reshape(B, C, H // self.patch_size[0], W // self.patch_size[1])
-        if return_keys in ("all", "embedding"):
-            result["embedding"] = self.embedding_from_features(x)
-
-        return result
+        grid_h = H // self.patch_size[0]
+        grid_w = W // self.patch_size[1]
+        return self._retention_result(x, return_keys, lambda tokens: self._patch_token_map(tokens, grid_h, grid_w))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self._encode(self.patch_embed(x))

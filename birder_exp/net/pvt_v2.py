@@ -328,13 +328,7 @@ class PVT_v2(StagedBackbone, DetectorBackbone, PreTrainEncoder, MaskedTokenReten
         )
         x = self.body(x)
 
-        result: TokenRetentionResultType = {}
-        if return_keys in ("all", "features"):
-            result["features"] = x
-        if return_keys in ("all", "embedding"):
-            result["embedding"] = self.features(x)
-
-        return result
+        return self._retention_result(x, return_keys)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.body(self.patch_embed(x))

@@ -342,15 +342,7 @@ class XCiT(DetectorBackbone, ClassTokenHead, MaskedTokenRetentionMixin):
         x, H, W = self._embed(x, mask, mask_token)
         x = self._encode(x, H, W)
 
-        result: TokenRetentionResultType = {}
-        if return_keys in ("all", "features"):
-            features = x[:, 1:].permute(0, 2, 1)
-            B, C, _ = features.size()
-            result["features"] = features.reshape(B, C, H, W)
-        if return_keys in ("all", "embedding"):
-            result["embedding"] = x[:, 0]
-
-        return result
+        return self._retention_result(x, return_keys, lambda tokens: self._patch_token_map(tokens, H, W))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x, H, W = self._embed(x)
