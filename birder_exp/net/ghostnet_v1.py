@@ -173,6 +173,38 @@ class GhostBottleneck(nn.Module):
         return out  # type: ignore[no-any-return]
 
 
+def finish_ghost_layout(
+    net: Any,
+    blocks: list[tuple[nn.Module, tuple[int, int], int]],
+    prev_channels: int,
+    last_channels: int,
+    stem_channels: int,
+) -> None:
+    """The part GhostNet and RepGhost share after their bottlenecks: the final 1x1 conv, the stride-split stages and
+    the 1280-wide pooled head (module order as Birder registers it)."""
+
+    final_conv = Conv2dNormActivation(prev_channels, last_channels, kernel_size=(1, 1), stride=(1, 1), padding=(0, 0))
+    blocks.append((final_conv, (1, 1), last_channels))
+    net.body, stage_channels = split_at_strides(blocks, stem_channels)
+
+    embedding_size = 1280
+    net.features = nn.Sequential(
+        nn.AdaptiveAvgPool2d(output_size=(1, 1)),
+        nn.Conv2d(last_channels, embedding_size, kernel_size=(1, 1), stride=(1, 1), padding=(0, 0)),
+        nn.ReLU(inplace=True),
+        nn.Flatten(1),
+        nn.Dropout(p=0.2),
+    )
+    net.return_channels = stage_channels[1:5]
+    net.embedding_size = embedding_size
+    net.classifier = net.create_classifier()
+
+    net.max_stride = 32
+    net.stem_stride = 2
+    net.stem_width = stem_channels
+    net.feature_dim = last_channels
+
+
 class GhostNetBase(StagedConvNet):
     """Stem, the sixteen ghost bottlenecks split into stages at each stride, 1x1 conv, and Birder's head (pool,
     1x1 conv to 1280, ReLU, dropout). Subclasses pick each block's expansion module (``make_ghost1``)."""
@@ -212,29 +244,9 @@ class GhostNetBase(StagedConvNet):
             blocks.append((block, (s, s), out_channels))
             prev_channels = out_channels
 
-        last_channels = make_divisible(BLOCK_SETTINGS[-1][1] * width, 4)
-        final_conv = Conv2dNormActivation(
-            prev_channels, last_channels, kernel_size=(1, 1), stride=(1, 1), padding=(0, 0)
+        finish_ghost_layout(
+            self, blocks, prev_channels, make_divisible(BLOCK_SETTINGS[-1][1] * width, 4), stem_channels
         )
-        blocks.append((final_conv, (1, 1), last_channels))
-        self.body, stage_channels = split_at_strides(blocks, stem_channels)
-
-        embedding_size = 1280
-        self.features = nn.Sequential(  # type: ignore[assignment]
-            nn.AdaptiveAvgPool2d(output_size=(1, 1)),
-            nn.Conv2d(last_channels, embedding_size, kernel_size=(1, 1), stride=(1, 1), padding=(0, 0)),
-            nn.ReLU(inplace=True),
-            nn.Flatten(1),
-            nn.Dropout(p=0.2),
-        )
-        self.return_channels = stage_channels[1:5]
-        self.embedding_size = embedding_size
-        self.classifier = self.create_classifier()
-
-        self.max_stride = 32
-        self.stem_stride = 2
-        self.stem_width = stem_channels
-        self.feature_dim = last_channels
 
     def make_ghost1(self, index: int, in_channels: int, mid_channels: int) -> Optional[nn.Module]:
         """The expansion module of block ``index``; None keeps the plain ghost module."""

@@ -19,8 +19,8 @@ from birder_exp.layers.reparam import fuse_bn
 from birder_exp.layers.reparam import reparameterize_all
 from birder_exp.net.base import make_divisible
 from birder_exp.net.ghostnet_v1 import GhostBottleneck
+from birder_exp.net.ghostnet_v1 import finish_ghost_layout
 from birder_exp.net.staged_convnet import StagedConvNet
-from birder_exp.net.staged_convnet import split_at_strides
 
 # Kernel, expansion width, output width, SE ratio, stride (widths before the width multiplier)
 BLOCK_SETTINGS: tuple[tuple[int, int, int, float, int], ...] = (
@@ -204,28 +204,7 @@ class RepGhost(StagedConvNet):
             prev_channels = out_channels
 
         last_channels = make_divisible(BLOCK_SETTINGS[-1][1] * width * 2, 4)
-        final_conv = Conv2dNormActivation(
-            prev_channels, last_channels, kernel_size=(1, 1), stride=(1, 1), padding=(0, 0)
-        )
-        blocks.append((final_conv, (1, 1), last_channels))
-        self.body, stage_channels = split_at_strides(blocks, stem_channels)
-
-        embedding_size = 1280
-        self.features = nn.Sequential(  # type: ignore[assignment]
-            nn.AdaptiveAvgPool2d(output_size=(1, 1)),
-            nn.Conv2d(last_channels, embedding_size, kernel_size=(1, 1), stride=(1, 1), padding=(0, 0)),
-            nn.ReLU(inplace=True),
-            nn.Flatten(1),
-            nn.Dropout(p=0.2),
-        )
-        self.return_channels = stage_channels[1:5]
-        self.embedding_size = embedding_size
-        self.classifier = self.create_classifier()
-
-        self.max_stride = 32
-        self.stem_stride = 2
-        self.stem_width = stem_channels
-        self.feature_dim = last_channels
+        finish_ghost_layout(self, blocks, prev_channels, last_channels, stem_channels)
 
     @torch.no_grad()  # type: ignore[untyped-decorator]
     def reparameterize_model(self) -> None:
