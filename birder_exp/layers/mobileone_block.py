@@ -15,6 +15,8 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.ops import SqueezeExcitation
 
+from birder_exp.layers.reparam import folded_conv
+
 
 def _conv_bn(
     in_channels: int, out_channels: int, kernel_size: int, stride: int, padding: int, groups: int
@@ -112,19 +114,7 @@ class MobileOneBlock(nn.Module):
             return
 
         kernel, bias = self._get_kernel_bias()
-        self.reparam_conv = nn.Conv2d(
-            self.in_channels,
-            self.out_channels,
-            kernel_size=self.kernel_size,
-            stride=self.stride,
-            padding=self.padding,
-            groups=self.groups,
-            device=kernel.device,
-            dtype=kernel.dtype,
-        )
-        self.reparam_conv.weight.copy_(kernel)
-        assert self.reparam_conv.bias is not None
-        self.reparam_conv.bias.copy_(bias)
+        self.reparam_conv = folded_conv(self, kernel, bias)
 
         self.rbr_conv = nn.ModuleList()
         self.rbr_scale = None

@@ -39,6 +39,28 @@ def fuse_bn(kernel: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, tor
     return (weight.detach(), bias.detach())
 
 
+def folded_conv(template: Any, kernel: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
+    """The inference conv of a folded block: ``template``'s channels, kernel size, stride, padding and groups, holding
+    ``kernel`` and ``bias`` (on their device and dtype)."""
+
+    conv = nn.Conv2d(
+        template.in_channels,
+        template.out_channels,
+        kernel_size=template.kernel_size,
+        stride=template.stride,
+        padding=template.padding,
+        groups=template.groups,
+        device=kernel.device,
+        dtype=kernel.dtype,
+    )
+    with torch.no_grad():
+        conv.weight.copy_(kernel)
+        assert conv.bias is not None
+        conv.bias.copy_(bias)
+
+    return conv
+
+
 def identity_kernel(
     channels: int, groups: int, kernel_size: int, dtype: torch.dtype, device: torch.device
 ) -> torch.Tensor:

@@ -11,6 +11,8 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.ops import SqueezeExcitation
 
+from birder_exp.layers.reparam import folded_conv
+
 
 def _conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int, groups: int) -> nn.Sequential:
     branch = nn.Sequential()
@@ -102,19 +104,7 @@ class ReparamLargeKernelConv(nn.Module):
             kernel = kernel + F.pad(small_kernel, [pad, pad, pad, pad])
             bias = bias + small_bias
 
-        self.lkb_reparam = nn.Conv2d(
-            self.in_channels,
-            self.out_channels,
-            kernel_size=self.kernel_size,
-            stride=self.stride,
-            padding=self.padding,
-            groups=self.groups,
-            device=kernel.device,
-            dtype=kernel.dtype,
-        )
-        self.lkb_reparam.weight.copy_(kernel)
-        assert self.lkb_reparam.bias is not None
-        self.lkb_reparam.bias.copy_(bias)
+        self.lkb_reparam = folded_conv(self, kernel, bias)
 
         del self.lkb_origin
         self.small_conv = None
